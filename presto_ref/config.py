@@ -64,9 +64,24 @@ class TextEncoderConfig:
     def __post_init__(self) -> None:
         for name in ("d_model", "num_layers", "num_heads", "d_kv", "d_ff", "num_buckets"):
             _positive(f"text.{name}", getattr(self, name))
-        _check(self.vocab_size >= 259, f"text.vocab_size={self.vocab_size} must be >= 259 to hold byte ids")
-        _check(self.max_tokens >= 2, f"text.max_tokens={self.max_tokens} must be >= 2 (a token and EOS)")
-        _check(self.tokenizer == "byte", f"text.tokenizer={self.tokenizer!r}; only 'byte' is supported")
+        _check(
+            self.vocab_size >= 259,
+            f"text.vocab_size={self.vocab_size} must be >= 259 to hold byte ids",
+        )
+        _check(
+            self.max_tokens >= 2,
+            f"text.max_tokens={self.max_tokens} must be >= 2 (a token and EOS)",
+        )
+        _check(
+            self.tokenizer == "byte", f"text.tokenizer={self.tokenizer!r}; only 'byte' is supported"
+        )
+        _positive("text.eps", self.eps)
+        # T5's bucket maths divides by num_buckets // 4 and log(max_distance / (num_buckets // 4)).
+        _check(
+            self.num_buckets >= 4 and self.max_distance > self.num_buckets // 4,
+            f"text.num_buckets={self.num_buckets}, text.max_distance={self.max_distance}: need "
+            "num_buckets >= 4 and max_distance > num_buckets // 4 (t5-base: 32 and 128)",
+        )
 
 
 # --- diffusion transformer ------------------------------------------------------------------------
@@ -89,11 +104,23 @@ class DiTConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("num_blocks", "width", "num_heads", "latent_channels", "ffn_hidden", "text_width"):
+        for name in (
+            "num_blocks",
+            "width",
+            "num_heads",
+            "latent_channels",
+            "ffn_hidden",
+            "text_width",
+        ):
             _positive(f"dit.{name}", getattr(self, name))
-        _check(self.width % self.num_heads == 0,
-               f"dit.width={self.width} must be divisible by dit.num_heads={self.num_heads}")
-        _check(self.head_dim % 2 == 0, f"dit head width {self.head_dim} must be even for rotary positions")
+        _check(
+            self.width % self.num_heads == 0,
+            f"dit.width={self.width} must be divisible by dit.num_heads={self.num_heads}",
+        )
+        _check(
+            self.head_dim % 2 == 0,
+            f"dit head width {self.head_dim} must be even for rotary positions",
+        )
         _check(self.freq_dim % 2 == 0, f"dit.freq_dim={self.freq_dim} must be even")
 
     @property
@@ -117,8 +144,10 @@ class EDMConfig:
     def __post_init__(self) -> None:
         for name in ("sigma_data", "sigma_min", "sigma_max", "p_std"):
             _positive(f"edm.{name}", getattr(self, name))
-        _check(self.sigma_min < self.sigma_max,
-               f"edm.sigma_min={self.sigma_min} must be below edm.sigma_max={self.sigma_max}")
+        _check(
+            self.sigma_min < self.sigma_max,
+            f"edm.sigma_min={self.sigma_min} must be below edm.sigma_max={self.sigma_max}",
+        )
 
 
 # --- sampler and layer budgets --------------------------------------------------------------------
@@ -138,12 +167,16 @@ class BudgetSchedule:
     def __post_init__(self) -> None:
         _check(len(self.budgets) >= 1, "budget schedule needs at least one budget")
         _check(all(b >= 0 for b in self.budgets), f"budgets={self.budgets} must be >= 0")
-        _check(len(self.sigma_thresholds) == len(self.budgets) - 1,
-               f"sigma_thresholds={self.sigma_thresholds} must have len(budgets) - 1 = "
-               f"{len(self.budgets) - 1} entries")
-        _check(all(a > b > 0 for a, b in zip(self.sigma_thresholds, self.sigma_thresholds[1:]))
-               and all(t > 0 for t in self.sigma_thresholds),
-               f"sigma_thresholds={self.sigma_thresholds} must be positive and strictly descending")
+        _check(
+            len(self.sigma_thresholds) == len(self.budgets) - 1,
+            f"sigma_thresholds={self.sigma_thresholds} must have len(budgets) - 1 = "
+            f"{len(self.budgets) - 1} entries",
+        )
+        _check(
+            all(a > b > 0 for a, b in zip(self.sigma_thresholds, self.sigma_thresholds[1:]))
+            and all(t > 0 for t in self.sigma_thresholds),
+            f"sigma_thresholds={self.sigma_thresholds} must be positive and strictly descending",
+        )
 
     def budget_for_sigma(self, sigma: float) -> int:
         """Blocks to drop when denoising at noise level `sigma` (a Python float)."""
@@ -166,11 +199,16 @@ class SamplerConfig:
     budgets: BudgetSchedule = field(default_factory=BudgetSchedule)
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("ping-pong", "dpmpp-2s"),
-               f"sampler.kind={self.kind!r}; expected 'ping-pong' or 'dpmpp-2s'")
+        _check(
+            self.kind in ("ping-pong", "dpmpp-2s"),
+            f"sampler.kind={self.kind!r}; expected 'ping-pong' or 'dpmpp-2s'",
+        )
         _check(self.num_steps >= 1, f"sampler.num_steps={self.num_steps} must be >= 1")
         _check(self.rho >= 1, f"sampler.rho={self.rho} must be >= 1 (paper A.5)")
-        _check(0 <= self.cfg_scale <= 1, f"sampler.cfg_scale={self.cfg_scale} must be in [0, 1] (CFG++)")
+        _check(
+            0 <= self.cfg_scale <= 1,
+            f"sampler.cfg_scale={self.cfg_scale} must be in [0, 1] (CFG++)",
+        )
 
 
 # --- VAE -----------------------------------------------------------------------------------------
@@ -191,13 +229,27 @@ class VAEConfig:
     def __post_init__(self) -> None:
         for name in ("latent_channels", "encoder_width", "decoder_width", "kernel_size"):
             _positive(f"vae.{name}", getattr(self, name))
-        _check(all(s >= 1 for s in self.encoder_strides + self.decoder_strides),
-               "vae strides must be >= 1")
-        _check(math.prod(self.encoder_strides) == math.prod(self.decoder_strides),
-               f"vae.encoder_strides={self.encoder_strides} and vae.decoder_strides="
-               f"{self.decoder_strides} must have the same product (the hop)")
-        _check(self.decoder_width % 2 ** len(self.decoder_strides) == 0,
-               f"vae.decoder_width={self.decoder_width} must be divisible by 2^{len(self.decoder_strides)}")
+        _check(
+            all(s >= 1 for s in self.encoder_strides + self.decoder_strides),
+            "vae strides must be >= 1",
+        )
+        _check(
+            self.kernel_size % 2 == 1,
+            f"vae.kernel_size={self.kernel_size} must be odd ('same' padding)",
+        )
+        _check(
+            len(self.dilations) >= 1 and all(d >= 1 for d in self.dilations),
+            f"vae.dilations={self.dilations} must be one or more positive dilations",
+        )
+        _check(
+            math.prod(self.encoder_strides) == math.prod(self.decoder_strides),
+            f"vae.encoder_strides={self.encoder_strides} and vae.decoder_strides="
+            f"{self.decoder_strides} must have the same product (the hop)",
+        )
+        _check(
+            self.decoder_width % 2 ** len(self.decoder_strides) == 0,
+            f"vae.decoder_width={self.decoder_width} must be divisible by 2^{len(self.decoder_strides)}",
+        )
 
     @property
     def hop_length(self) -> int:
@@ -225,16 +277,33 @@ class StereoConfig:
     def __post_init__(self) -> None:
         for name in ("n_fft", "hop_length", "num_mels", "width"):
             _positive(f"stereo.{name}", getattr(self, name))
-        _check(math.prod(self.upsample_rates) == self.hop_length,
-               f"stereo.upsample_rates={self.upsample_rates} multiply to "
-               f"{math.prod(self.upsample_rates)}, expected stereo.hop_length={self.hop_length}")
-        _check(self.n_fft >= self.hop_length and (self.n_fft - self.hop_length) % 2 == 0,
-               f"stereo.n_fft={self.n_fft} must be >= hop_length={self.hop_length} with an even difference")
-        _check(self.width % 2 ** len(self.upsample_rates) == 0,
-               f"stereo.width={self.width} must be divisible by 2^{len(self.upsample_rates)}")
-        _check(0 <= self.f_min < self.f_max <= SAMPLE_RATE / 2,
-               f"stereo f_min={self.f_min}, f_max={self.f_max} must satisfy 0 <= f_min < f_max <= "
-               f"{SAMPLE_RATE / 2}")
+        _check(
+            math.prod(self.upsample_rates) == self.hop_length,
+            f"stereo.upsample_rates={self.upsample_rates} multiply to "
+            f"{math.prod(self.upsample_rates)}, expected stereo.hop_length={self.hop_length}",
+        )
+        _check(
+            self.n_fft >= self.hop_length and (self.n_fft - self.hop_length) % 2 == 0,
+            f"stereo.n_fft={self.n_fft} must be >= hop_length={self.hop_length} with an even difference",
+        )
+        _check(
+            self.width % 2 ** len(self.upsample_rates) == 0,
+            f"stereo.width={self.width} must be divisible by 2^{len(self.upsample_rates)}",
+        )
+        _check(
+            len(self.resblock_kernels) >= 1 and all(k % 2 == 1 for k in self.resblock_kernels),
+            f"stereo.resblock_kernels={self.resblock_kernels} must be one or more odd kernels",
+        )
+        _check(
+            len(self.resblock_dilations) >= 1 and all(d >= 1 for d in self.resblock_dilations),
+            f"stereo.resblock_dilations={self.resblock_dilations} must be one or more positive "
+            "dilations",
+        )
+        _check(
+            0 <= self.f_min < self.f_max <= SAMPLE_RATE / 2,
+            f"stereo f_min={self.f_min}, f_max={self.f_max} must satisfy 0 <= f_min < f_max <= "
+            f"{SAMPLE_RATE / 2}",
+        )
 
 
 # --- the whole model ----------------------------------------------------------------------------
@@ -256,22 +325,36 @@ class PrestoConfig:
     stereo: StereoConfig = field(default_factory=StereoConfig)
 
     def __post_init__(self) -> None:
-        _check(self.sample_rate == SAMPLE_RATE, f"sample_rate={self.sample_rate}; expected {SAMPLE_RATE}")
+        _check(
+            self.sample_rate == SAMPLE_RATE,
+            f"sample_rate={self.sample_rate}; expected {SAMPLE_RATE}",
+        )
         _positive("max_duration_s", self.max_duration_s)
         lo, hi = self.bpm_range
         _check(0 < lo < hi, f"bpm_range={self.bpm_range} must be (low, high) with 0 < low < high")
-        _check(self.dit.latent_channels == self.vae.latent_channels,
-               f"dit.latent_channels={self.dit.latent_channels} must equal "
-               f"vae.latent_channels={self.vae.latent_channels}")
-        _check(self.dit.text_width == self.text.d_model,
-               f"dit.text_width={self.dit.text_width} must equal text.d_model={self.text.d_model}")
-        _check(self.vae.hop_length % self.stereo.hop_length == 0,
-               f"stereo.hop_length={self.stereo.hop_length} must divide the VAE hop {self.vae.hop_length}")
+        _check(
+            self.dit.latent_channels == self.vae.latent_channels,
+            f"dit.latent_channels={self.dit.latent_channels} must equal "
+            f"vae.latent_channels={self.vae.latent_channels}",
+        )
+        _check(
+            self.dit.text_width == self.text.d_model,
+            f"dit.text_width={self.dit.text_width} must equal text.d_model={self.text.d_model}",
+        )
+        _check(
+            self.vae.hop_length % self.stereo.hop_length == 0,
+            f"stereo.hop_length={self.stereo.hop_length} must divide the VAE hop {self.vae.hop_length}",
+        )
         worst = max(self.sampler.budgets.budgets)
-        _check(worst < self.dit.num_blocks,
-               f"budget {worst} drops too many blocks: the DiT has {self.dit.num_blocks} and the last "
-               f"always runs, so budgets must be <= {self.dit.num_blocks - 1}")
-        _check(self.max_frames >= 1, f"max_duration_s={self.max_duration_s} is shorter than one latent frame")
+        _check(
+            worst < self.dit.num_blocks,
+            f"budget {worst} drops too many blocks: the DiT has {self.dit.num_blocks} and the last "
+            f"always runs, so budgets must be <= {self.dit.num_blocks - 1}",
+        )
+        _check(
+            self.max_frames >= 1,
+            f"max_duration_s={self.max_duration_s} is shorter than one latent frame",
+        )
 
     # --- durations ---
 
@@ -320,7 +403,9 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
         raise ConfigError(f"{where} has unknown keys {unknown}; expected only {sorted(fields)}")
     missing = sorted(set(fields) - set(data))
     if missing:
-        raise ConfigError(f"{where} lacks keys {missing}; a config written by to_dict() has them all")
+        raise ConfigError(
+            f"{where} lacks keys {missing}; a config written by to_dict() has them all"
+        )
     kwargs = {}
     for name, f in fields.items():
         value = data[name]

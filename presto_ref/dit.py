@@ -65,7 +65,9 @@ class Attention(nn.Module):
 
         q, k, v = heads(self.q(a)), heads(self.k(kv_in)), heads(self.v(kv_in))
         q = apply_rotary(q, angles)
-        k = torch.cat([apply_rotary(k[:, :, :T], angles), k[:, :, T:]], dim=2)  # text keys unrotated
+        k = torch.cat(
+            [apply_rotary(k[:, :, :T], angles), k[:, :, T:]], dim=2
+        )  # text keys unrotated
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, T, d)
         return self.o(out.transpose(1, 2).flatten(2))
 
@@ -94,9 +96,13 @@ class DiTBlock(nn.Module):
         self.ffn = SwiGLU(cfg.width, cfg.ffn_hidden)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.width, 6 * cfg.width))
 
-    def forward(self, h: Tensor, text: Tensor, c: Tensor, angles: Tensor, key_mask: Tensor) -> Tensor:
+    def forward(
+        self, h: Tensor, text: Tensor, c: Tensor, angles: Tensor, key_mask: Tensor
+    ) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # (B, D) each
-        h = h + gate1[:, None] * self.attn(modulate(self.norm1(h), shift1, scale1), text, angles, key_mask)
+        h = h + gate1[:, None] * self.attn(
+            modulate(self.norm1(h), shift1, scale1), text, angles, key_mask
+        )
         h = h + gate2[:, None] * self.ffn(modulate(self.norm2(h), shift2, scale2))
         return h
 
@@ -151,7 +157,9 @@ class DiT(nn.Module):
         c = self.noise_embed(c_noise) + self.bpm_embed(bpm) + e_budget  # (B, D)
         angles = rotary_angles(T, self.cfg.head_dim, self.cfg.rope_theta, x.device)  # (T, d/2)
         audio_keys = torch.ones(B, T, dtype=torch.bool, device=x.device)
-        key_mask = torch.cat([audio_keys, text_mask.bool()], dim=1)[:, None, None]  # (B, 1, 1, T + S)
+        key_mask = torch.cat([audio_keys, text_mask.bool()], dim=1)[
+            :, None, None
+        ]  # (B, 1, 1, T + S)
         for i in order:
             h = self.blocks[i](h, ctx, c, angles, key_mask)
         shift, scale = self.budget_ada(e_budget).chunk(2, dim=-1)
@@ -177,7 +185,11 @@ class DiT(nn.Module):
             fan_in = module.in_features
             # SiLU(c) with c of unit variance has a mean square of about 0.36; dividing it out puts
             # the modulations at modulation_std.
-            std = modulation_std / (0.6 * fan_in**0.5) if id(module) in modulation_layers else fan_in**-0.5
+            std = (
+                modulation_std / (0.6 * fan_in**0.5)
+                if id(module) in modulation_layers
+                else fan_in**-0.5
+            )
             randn_like_(module.weight, generator, std)
             if module.bias is not None:
                 randn_like_(module.bias, generator, 0.02)

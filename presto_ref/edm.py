@@ -71,8 +71,9 @@ class EDMPrecond(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond: Tensor | int) -> Tensor:
         """x: (B, C, T) noisy latents, sigma: (B,) -> denoised x0: (B, C, T) float32."""
-        c_skip, c_out, c_in, c_noise = (c[:, None, None] for c in edm_coefficients(sigma, self.sigma_data))
+        c_skip, c_out, c_in, c_noise = (
+            c[:, None, None] for c in edm_coefficients(sigma, self.sigma_data)
+        )
         dtype = next(self.net.parameters()).dtype
         F_x = self.net((c_in * x.float()).to(dtype), c_noise[:, 0, 0], **cond)
         return c_skip * x.float() + c_out * F_x.float()
-

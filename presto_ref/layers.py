@@ -70,7 +70,9 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 def rotary_angles(num_positions: int, head_dim: int, theta: float, device: torch.device) -> Tensor:
     """Rotation angles (T, head_dim / 2) in fp32 for positions 0..T-1 (RoFormer / Llama)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    inv_freq = theta ** (
+        -torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    )
     positions = torch.arange(num_positions, dtype=torch.float32, device=device)
     return positions[:, None] * inv_freq[None]
 
@@ -117,15 +119,24 @@ def upsample_conv(in_channels: int, out_channels: int, stride: int) -> nn.Module
     1470 latent frames decode to exactly 1,411,200 samples.
     """
     return wn_conv_transpose1d(
-        in_channels, out_channels, kernel_size=2 * stride, stride=stride,
-        padding=math.ceil(stride / 2), output_padding=stride % 2,
+        in_channels,
+        out_channels,
+        kernel_size=2 * stride,
+        stride=stride,
+        padding=math.ceil(stride / 2),
+        output_padding=stride % 2,
     )
 
 
 def downsample_conv(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     """WN strided conv that turns T samples (a multiple of stride) into exactly T / stride."""
-    return wn_conv1d(in_channels, out_channels, kernel_size=2 * stride, stride=stride,
-                     padding=math.ceil(stride / 2))
+    return wn_conv1d(
+        in_channels,
+        out_channels,
+        kernel_size=2 * stride,
+        stride=stride,
+        padding=math.ceil(stride / 2),
+    )
 
 
 # --- random initialisation ----------------------------------------------------------------------
@@ -139,9 +150,11 @@ def randn_like_(param: Tensor, generator: torch.Generator, std: float, mean: flo
 
 
 def init_wn_conv_(conv: nn.Module, generator: torch.Generator, gain: float = 1.0) -> None:
-    """Random init of a weight-normed conv: directions N(0, 1), row norms gain * (1 +- 10%), bias N(0, 0.02).
+    """Random init of a weight-normed conv: directions N(0, 1), norms gain * (1 +- 10%), bias N(0, 0.02).
 
-    A row norm of 1 keeps the output variance equal to the input's for unit-variance, uncorrelated input.
+    For a Conv1d the norm is per output channel over its whole fan-in, so gain 1 keeps the variance
+    of unit-variance, uncorrelated input. For a ConvTranspose1d it is per input channel: use
+    `upsample_gain`.
     """
     p = conv.parametrizations.weight
     v, g = p.original1, p.original0
@@ -149,3 +162,26 @@ def init_wn_conv_(conv: nn.Module, generator: torch.Generator, gain: float = 1.0
     randn_like_(g, generator, 0.1 * gain, mean=gain)
     if conv.bias is not None:
         randn_like_(conv.bias, generator, 0.02)
+
+
+# DAC and BigVGAN init Snake alphas to 1; alpha ~ N(1, 0.1^2) makes every channel differ.
+SNAKE_ALPHA_SPREAD = 0.1
+# Row norm of a residual branch's last conv: a unit adds ~15% variance (a block ~1.3x RMS), not 2x.
+RESIDUAL_GAIN = 0.3
+
+
+def init_snake_(snake: Snake1d, generator: torch.Generator) -> None:
+    """Random Snake alphas around 1 (every alpha nonzero, each channel slightly different)."""
+    randn_like_(snake.alpha, generator, SNAKE_ALPHA_SPREAD, mean=1.0)
+
+
+def upsample_gain(in_channels: int, out_channels: int, stride: int) -> float:
+    """Weight-norm gain g of `upsample_conv` that keeps the RMS of unit-variance input.
+
+    weight_norm on ConvTranspose1d normalises dim 0, which is the INPUT channel: each of the C_in
+    rows of shape (C_out, 2 * stride) has norm g, so a weight has variance g^2 / (C_out * 2 stride).
+    Each output sample sums C_in channels times 2 overlapping taps, so its variance is
+    g^2 * C_in / (C_out * stride); g = sqrt(stride * C_out / C_in) makes it 1. (A Conv1d's weight
+    norm is per OUTPUT channel over its whole fan-in, so there g = 1 keeps the variance.)
+    """
+    return math.sqrt(stride * out_channels / in_channels)

@@ -17,14 +17,22 @@ from presto_ref.config import (
 )
 from presto_ref.errors import ConfigError
 
-PRESTO_LS_BUDGETS = (12, 8, 8, 0, 0)  # Presto-LS, reduced for step-distillation stability (section 4.6)
+PRESTO_LS_BUDGETS = (
+    12,
+    8,
+    8,
+    0,
+    0,
+)  # Presto-LS, reduced for step-distillation stability (section 4.6)
 PRESTO_L_BUDGETS = (14, 12, 8, 4, 0)  # Presto-L / ASE "D3" (section 4.4)
 
 PRESETS: dict[str, PrestoConfig] = {
     # Presto-LS: the layer- and step-distilled 4-step generator at paper scale.
     "presto-ls": PrestoConfig(
         name="presto-ls",
-        sampler=SamplerConfig(kind="ping-pong", num_steps=4, budgets=BudgetSchedule(PRESTO_LS_BUDGETS)),
+        sampler=SamplerConfig(
+            kind="ping-pong", num_steps=4, budgets=BudgetSchedule(PRESTO_LS_BUDGETS)
+        ),
     ),
     # Presto-L: the base score model with layer budgets, sampled with DPM-Solver++(2S) and CFG++.
     # 20 steps x 2 evaluations x (conditional + unconditional) = 80 DiT passes, the base model's cost.
@@ -38,9 +46,13 @@ PRESETS: dict[str, PrestoConfig] = {
     "small": PrestoConfig(
         name="small",
         max_duration_s=32.0,
-        text=TextEncoderConfig(vocab_size=384, d_model=256, num_layers=4, num_heads=4, d_kv=64, d_ff=1024),
+        text=TextEncoderConfig(
+            vocab_size=384, d_model=256, num_layers=4, num_heads=4, d_kv=64, d_ff=1024
+        ),
         dit=DiTConfig(num_blocks=8, width=384, num_heads=6, ffn_hidden=1024, text_width=256),
-        sampler=SamplerConfig(kind="ping-pong", num_steps=4, budgets=BudgetSchedule((4, 2, 2, 0, 0))),
+        sampler=SamplerConfig(
+            kind="ping-pong", num_steps=4, budgets=BudgetSchedule((4, 2, 2, 0, 0))
+        ),
         vae=VAEConfig(encoder_width=16, decoder_width=256),
         stereo=StereoConfig(width=128),
     ),
@@ -48,9 +60,15 @@ PRESETS: dict[str, PrestoConfig] = {
     "tiny": PrestoConfig(
         name="tiny",
         max_duration_s=10.0,
-        text=TextEncoderConfig(vocab_size=384, d_model=32, num_layers=2, num_heads=2, d_kv=16, d_ff=64),
-        dit=DiTConfig(num_blocks=4, width=64, num_heads=4, ffn_hidden=128, text_width=32, freq_dim=64),
-        sampler=SamplerConfig(kind="ping-pong", num_steps=4, budgets=BudgetSchedule((2, 1, 1, 0, 0))),
+        text=TextEncoderConfig(
+            vocab_size=384, d_model=32, num_layers=2, num_heads=2, d_kv=16, d_ff=64
+        ),
+        dit=DiTConfig(
+            num_blocks=4, width=64, num_heads=4, ffn_hidden=128, text_width=32, freq_dim=64
+        ),
+        sampler=SamplerConfig(
+            kind="ping-pong", num_steps=4, budgets=BudgetSchedule((2, 1, 1, 0, 0))
+        ),
         vae=VAEConfig(encoder_width=4, decoder_width=64),
         stereo=StereoConfig(n_fft=512, num_mels=32, width=32),
     ),

@@ -13,7 +13,7 @@ Denoisers take latents x: (B, C, T) float32 and a Python float sigma, and return
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

@@ -173,13 +173,7 @@ class T5Encoder(nn.Module):
 
     def __init__(self, cfg: TextEncoderConfig) -> None:
         super().__init__()
-        # The bucket maths divides by num_buckets // 4 and log(max_distance / (num_buckets // 4)).
-        if cfg.num_buckets < 4 or cfg.max_distance <= cfg.num_buckets // 4:
-            raise ConfigError(
-                f"text.num_buckets={cfg.num_buckets}, text.max_distance={cfg.max_distance}: need "
-                "num_buckets >= 4 and max_distance > num_buckets // 4 (t5-base: 32 and 128)"
-            )
-        self.cfg = cfg
+        self.cfg = cfg  # TextEncoderConfig checks the bucket maths (num_buckets, max_distance)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.relative_attention_bias = nn.Embedding(cfg.num_buckets, cfg.num_heads)
         self.layers = nn.ModuleList(T5Layer(cfg) for _ in range(cfg.num_layers))

@@ -13,6 +13,7 @@ from presto_ref.config import (
     PrestoConfig,
     SamplerConfig,
     StereoConfig,
+    TextEncoderConfig,
     VAEConfig,
 )
 from presto_ref.edm import karras_sigmas
@@ -59,7 +60,9 @@ def test_paper_scale_defaults() -> None:
 def test_presets_keep_every_feature(name: str) -> None:
     cfg = PRESETS[name]
     assert cfg.dit.num_blocks >= 4
-    sigmas = karras_sigmas(cfg.sampler.num_steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho)
+    sigmas = karras_sigmas(
+        cfg.sampler.num_steps, cfg.edm.sigma_min, cfg.edm.sigma_max, cfg.sampler.rho
+    )
     used = {cfg.sampler.budgets.budget_for_sigma(s) for s in sigmas}
     assert len(used) >= 2, f"{name} exercises only budgets {used}"
     assert cfg.hop_length == 960
@@ -101,10 +104,20 @@ def test_from_dict_names_unknown_and_missing_keys() -> None:
         (lambda: SamplerConfig(cfg_scale=1.5), "cfg_scale=1.5"),
         (lambda: BudgetSchedule((4, 2), (1.0, 0.5)), "len\\(budgets\\) - 1"),
         (lambda: BudgetSchedule((4, 2, 0), (0.5, 1.0)), "strictly descending"),
-        (lambda: PrestoConfig(sampler=SamplerConfig(budgets=BudgetSchedule((28, 0, 0, 0, 0)))),
-         "budgets must be <= 27"),
+        (
+            lambda: PrestoConfig(sampler=SamplerConfig(budgets=BudgetSchedule((28, 0, 0, 0, 0)))),
+            "budgets must be <= 27",
+        ),
         (lambda: PrestoConfig(dit=DiTConfig(latent_channels=16)), "must equal vae.latent_channels"),
         (lambda: PrestoConfig(bpm_range=(200.0, 100.0)), "bpm_range"),
+        (lambda: VAEConfig(kernel_size=6), "vae.kernel_size=6 must be odd"),
+        (lambda: StereoConfig(resblock_kernels=(3, 4)), "must be one or more odd kernels"),
+        (lambda: StereoConfig(resblock_dilations=()), "resblock_dilations=\\(\\)"),
+        (lambda: TextEncoderConfig(num_buckets=2), "need num_buckets >= 4"),
+        (
+            lambda: TextEncoderConfig(num_buckets=32, max_distance=8),
+            "max_distance > num_buckets // 4",
+        ),
     ],
 )
 def test_invalid_configs_raise_config_error(make, message: str) -> None:

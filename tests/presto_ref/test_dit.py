@@ -38,7 +38,10 @@ def inputs(seed: int = 0) -> dict:
 @pytest.mark.parametrize("budget", [0, 1, 2, 3])
 def test_budget_runs_the_paper_blocks_in_order(dit: DiT, budget: int) -> None:
     ran: list[int] = []
-    hooks = [blk.register_forward_hook(lambda m, i, o, k=k: ran.append(k)) for k, blk in enumerate(dit.blocks)]
+    hooks = [
+        blk.register_forward_hook(lambda m, i, o, k=k: ran.append(k))
+        for k, blk in enumerate(dit.blocks)
+    ]
     try:
         with torch.no_grad():
             dit(**inputs(), budget=budget)
@@ -95,7 +98,9 @@ def test_every_weight_is_exercised(dit: DiT) -> None:
 def test_init_is_seeded(dit: DiT) -> None:
     other = DiT(CFG)
     other.init_random(torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(dit.state_dict().values(), other.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(dit.state_dict().values(), other.state_dict().values())
+    )
     other.init_random(torch.Generator().manual_seed(1))
     assert not torch.equal(dit.proj_out.weight, other.proj_out.weight)
 
@@ -129,15 +134,23 @@ def test_hidden_variance_stays_in_range(dit: DiT) -> None:
     # The residual stream starts near unit variance; each gated branch adds about 0.3^2, so after
     # N blocks it should sit within [0.5, 1 + 0.5 N] rather than collapse or blow up.
     variances: list[float] = []
-    hooks = [blk.register_forward_hook(lambda m, i, o: variances.append(o.var().item())) for blk in dit.blocks]
+    hooks = [
+        blk.register_forward_hook(lambda m, i, o: variances.append(o.var().item()))
+        for blk in dit.blocks
+    ]
     den = EDMPrecond(dit, 0.5)
     x0 = 0.5 * torch.randn(B, CFG.latent_channels, T, generator=torch.Generator().manual_seed(1))
     try:
         with torch.no_grad():
             for sigma in (80.0, 1.0, 0.01):
                 a = inputs()
-                out = den(x0 + sigma * torch.randn_like(x0), torch.full((B,), sigma), text=a["text"],
-                          text_mask=a["text_mask"], bpm=a["bpm"])
+                out = den(
+                    x0 + sigma * torch.randn_like(x0),
+                    torch.full((B,), sigma),
+                    text=a["text"],
+                    text_mask=a["text_mask"],
+                    bpm=a["bpm"],
+                )
                 assert 0.1 < out.std().item() < 2.0
     finally:
         for h in hooks:
@@ -154,4 +167,6 @@ def test_paper_scale_parameter_count() -> None:
     embedders = 3 * ((cfg.freq_dim * D + D) + (D * D + D))
     other = (32 * D + D) + (768 * D + D) + D + 2 * (D * 2 * D + 2 * D) + (D * 32 + 32)
     assert sum(p.numel() for p in model.parameters()) == N * per_block + embedders + other
-    assert sum(p.numel() for p in model.blocks.parameters()) == 28 * 23_894_784  # 23.9 M per block, as DiT-XL
+    assert (
+        sum(p.numel() for p in model.blocks.parameters()) == 28 * 23_894_784
+    )  # 23.9 M per block, as DiT-XL

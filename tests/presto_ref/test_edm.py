@@ -1,4 +1,7 @@
-"""EDM preconditioning and schedules against the paper's formulas: `python -m pytest tests/presto_ref/test_edm.py`."""
+"""EDM preconditioning and schedules against the paper's formulas.
+
+Run: `python -m pytest tests/presto_ref/test_edm.py`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from presto_ref.edm import EDMPrecond, edm_coefficients, karras_sigmas, loss_weight, training_sigmas
 from presto_ref.config import EDMConfig
+from presto_ref.edm import EDMPrecond, edm_coefficients, karras_sigmas, loss_weight, training_sigmas
 
 SIGMA_DATA = 0.5
 
@@ -18,8 +21,12 @@ SIGMA_DATA = 0.5
 def test_coefficients_match_the_formulas(sigma: float) -> None:
     # Paper eq. 4 / EDM Table 1, written out independently in float64.
     s, d = sigma, SIGMA_DATA
-    expected = (d**2 / (s**2 + d**2), s * d / math.sqrt(s**2 + d**2), 1 / math.sqrt(s**2 + d**2),
-                math.log(s) / 4)
+    expected = (
+        d**2 / (s**2 + d**2),
+        s * d / math.sqrt(s**2 + d**2),
+        1 / math.sqrt(s**2 + d**2),
+        math.log(s) / 4,
+    )
     got = edm_coefficients(torch.tensor([sigma]), SIGMA_DATA)
     for value, want in zip(got, expected):
         assert value.dtype == torch.float32
@@ -71,7 +78,9 @@ def test_precond_wraps_the_network() -> None:
 def test_karras_schedule() -> None:
     sigmas = karras_sigmas(4, 0.002, 80.0, 7.0)
     assert sigmas[0] == pytest.approx(80.0) and sigmas[-1] == pytest.approx(0.002)
-    assert sigmas[1] == pytest.approx(9.7232, rel=1e-4) and sigmas[2] == pytest.approx(0.46998, rel=1e-4)
+    assert sigmas[1] == pytest.approx(9.7232, rel=1e-4) and sigmas[2] == pytest.approx(
+        0.46998, rel=1e-4
+    )
     assert karras_sigmas(1, 0.002, 80.0, 7.0) == [80.0]
     # rho = 1 is a linear ramp in sigma.
     assert karras_sigmas(3, 0.0, 80.0, 1.0) == pytest.approx([80.0, 40.0, 0.0])

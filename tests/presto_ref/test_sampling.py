@@ -54,8 +54,11 @@ def test_cfgpp_with_equal_predictions_is_the_unguided_sampler() -> None:
     plain = dpmpp_2s(ideal_denoiser, sigmas, generators=make_generators([1, 2]), **kw)
     for guidance in (0.0, 0.8, 1.0):
         guided = dpmpp_2s_cfgpp(
-            lambda x, s: (ideal_denoiser(x, s), ideal_denoiser(x, s)), sigmas, guidance=guidance,
-            generators=make_generators([1, 2]), **kw,
+            lambda x, s: (ideal_denoiser(x, s), ideal_denoiser(x, s)),
+            sigmas,
+            guidance=guidance,
+            generators=make_generators([1, 2]),
+            **kw,
         )
         torch.testing.assert_close(guided, plain, rtol=0, atol=1e-6)
 
@@ -66,11 +69,21 @@ def test_cfgpp_at_zero_guidance_follows_the_unconditional_model() -> None:
 
     sigmas = karras_sigmas(6, SIGMA_MIN, SIGMA_MAX, 7.0)
     uncond_only = dpmpp_2s(ideal_denoiser, sigmas, generators=make_generators([4]), item_shape=(3,))
-    guided = dpmpp_2s_cfgpp(lambda x, s: (cond(x, s), ideal_denoiser(x, s)), sigmas, guidance=0.0,
-                            generators=make_generators([4]), item_shape=(3,))
+    guided = dpmpp_2s_cfgpp(
+        lambda x, s: (cond(x, s), ideal_denoiser(x, s)),
+        sigmas,
+        guidance=0.0,
+        generators=make_generators([4]),
+        item_shape=(3,),
+    )
     torch.testing.assert_close(guided, uncond_only)
-    full = dpmpp_2s_cfgpp(lambda x, s: (cond(x, s), ideal_denoiser(x, s)), sigmas, guidance=1.0,
-                          generators=make_generators([4]), item_shape=(3,))
+    full = dpmpp_2s_cfgpp(
+        lambda x, s: (cond(x, s), ideal_denoiser(x, s)),
+        sigmas,
+        guidance=1.0,
+        generators=make_generators([4]),
+        item_shape=(3,),
+    )
     # Full guidance pulls the samples towards the conditional mean 1.
     assert (full - uncond_only).mean().item() > 0.5
 
@@ -93,8 +106,12 @@ NUM_SAMPLES = 200_000  # standard error of a std estimate: s / sqrt(2 n) = 0.16%
 @pytest.mark.parametrize("rho", [1.0, 7.0, 1000.0])
 def test_ping_pong_with_an_exact_generator_keeps_the_data_std(num_steps: int, rho: float) -> None:
     sigmas = karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, rho)
-    out = ping_pong(posterior_sampler(num_steps), sigmas, generators=make_generators([0]),
-                    item_shape=(NUM_SAMPLES,))
+    out = ping_pong(
+        posterior_sampler(num_steps),
+        sigmas,
+        generators=make_generators([0]),
+        item_shape=(NUM_SAMPLES,),
+    )
     # 1% is six standard errors; starting from sigma_max z instead of the exact N(0, s^2 + sigma_max^2)
     # changes the variance by under 1e-8.
     assert out.std().item() == pytest.approx(S, rel=0.01)
@@ -105,7 +122,9 @@ def test_ping_pong_with_a_mean_only_generator_shrinks() -> None:
     # The negative control: a generator that returns the posterior mean loses variance, so the test
     # above can tell a correct re-noising loop from one that is not.
     sigmas = karras_sigmas(4, SIGMA_MIN, SIGMA_MAX, 7.0)
-    out = ping_pong(ideal_denoiser, sigmas, generators=make_generators([0]), item_shape=(NUM_SAMPLES,))
+    out = ping_pong(
+        ideal_denoiser, sigmas, generators=make_generators([0]), item_shape=(NUM_SAMPLES,)
+    )
     assert out.std().item() < 0.95 * S
 
 
@@ -117,8 +136,13 @@ def test_ping_pong_calls_the_generator_at_each_sigma_in_order() -> None:
         seen.append(sigma)
         return torch.zeros_like(x)
 
-    out = ping_pong(record, sigmas, generators=make_generators([0]), item_shape=(2,),
-                    on_step=lambda i, n: steps.append((i, n)))
+    out = ping_pong(
+        record,
+        sigmas,
+        generators=make_generators([0]),
+        item_shape=(2,),
+        on_step=lambda i, n: steps.append((i, n)),
+    )
     assert seen == sigmas
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert torch.equal(out, torch.zeros(1, 2))  # the last x0 is returned, not the re-noised x
@@ -126,8 +150,12 @@ def test_ping_pong_calls_the_generator_at_each_sigma_in_order() -> None:
 
 def test_a_take_does_not_depend_on_its_batch() -> None:
     sigmas = karras_sigmas(4, SIGMA_MIN, SIGMA_MAX, 7.0)
-    batch = ping_pong(ideal_denoiser, sigmas, generators=make_generators([5, 6, 7]), item_shape=(3, 4))
+    batch = ping_pong(
+        ideal_denoiser, sigmas, generators=make_generators([5, 6, 7]), item_shape=(3, 4)
+    )
     for i, seed in enumerate([5, 6, 7]):
-        alone = ping_pong(ideal_denoiser, sigmas, generators=make_generators([seed]), item_shape=(3, 4))
+        alone = ping_pong(
+            ideal_denoiser, sigmas, generators=make_generators([seed]), item_shape=(3, 4)
+        )
         assert torch.equal(batch[i], alone[0])
     assert not torch.equal(batch[0], batch[1])

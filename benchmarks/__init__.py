@@ -1,0 +1,1 @@
+"""Latency regression benchmarks (not yet implemented: see the benchmarks issue)."""

@@ -1,0 +1,199 @@
+"""Profile the eager PyTorch reference: wall time and peak memory per component, hidden-state variance.
+
+For one preset at batch 1: the text encoder, the DiT sampling loop (all steps, each at its budget),
+the VAE decoder and the mono-to-stereo model are timed separately with CUDA events (median of
+--repeats runs after one warm-up) and their peak memory is read from the caching allocator. The
+per-block hidden-state variance of the DiT (the paper's Fig. 4) is recorded at several noise levels
+on one noisy latent. This is the eager baseline; compiled engines are measured by benchmarks.latency.
+
+examples:
+  python -m benchmarks.reference --preset tiny --device cpu --duration-s 2
+  python -m benchmarks.reference --preset presto-ls --device cuda --dtype bf16 --json ref-bf16.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SIGMAS_FOR_VARIANCE = (
+    80.0,
+    9.723,
+    1.0,
+    0.47,
+    0.05,
+    0.002,
+)  # the 4-step schedule and points between
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Timer:
+    """Wall time of a callable in ms: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn) -> tuple[float, object]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            out = fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end), out
+        t0 = time.perf_counter()
+        out = fn()
+        return (time.perf_counter() - t0) * 1e3, out
+
+
+def hidden_variance(model, text, mask, bpm, num_frames: int, seed: int) -> dict[str, list[float]]:
+    """Variance of the residual stream after each block, at budget 0, per noise level."""
+    g = torch.Generator().manual_seed(seed)
+    C = model.config.dit.latent_channels
+    x0 = model.config.edm.sigma_data * torch.randn(1, C, num_frames, generator=g)
+    noise = torch.randn(1, C, num_frames, generator=g)
+    out: dict[str, list[float]] = {}
+    variances: list[float] = []
+    hooks = [
+        b.register_forward_hook(lambda m, i, o: variances.append(o.float().var().item()))
+        for b in model.dit.blocks
+    ]
+    try:
+        for sigma in SIGMAS_FOR_VARIANCE:
+            variances.clear()
+            x = (x0 + sigma * noise).to(model.device)
+            model.denoise(x, sigma, text, mask, bpm, budget=0)
+            out[f"{sigma:g}"] = list(variances)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+def profile(
+    preset: str, device: torch.device, dtype: str, duration_s: float, repeats: int, seed: int
+) -> dict:
+    from presto_ref.checkpoint import random_model
+    from presto_ref.pipeline import Request, validate_request
+
+    model = random_model(preset, seed).to(device=device, dtype=DTYPES[dtype]).eval()
+    cfg = model.config
+    request = Request(
+        prompts=("warm lofi hip hop with piano and vinyl crackle",),
+        seeds=(seed,),
+        duration_s=duration_s,
+    )
+    sampler = validate_request(cfg, request)
+    num_frames = cfg.frames_for_duration(duration_s)
+    bpm = torch.full((1,), 120.0, device=device)
+    timer = Timer(device)
+    cuda = device.type == "cuda"
+
+    stages = {
+        "text_encoder": lambda: model.encode_text(request.prompts),
+        "dit_sampling": lambda: model.sample_latents(
+            text, mask, bpm, request.seeds, num_frames, sampler
+        ),
+        "vae_decoder": lambda: model.decode(latents),
+        "mono_to_stereo": lambda: model.to_stereo(mono),
+    }
+    report: dict = {
+        "preset": preset,
+        "dtype": dtype,
+        "device": str(device),
+        "batch": 1,
+        "frames": num_frames,
+        "duration_s": cfg.duration_for_frames(num_frames),
+        "sampler": {"kind": sampler.kind, "num_steps": sampler.num_steps, "rho": sampler.rho},
+        "stages": {},
+    }
+    if cuda:
+        report["gpu"] = torch.cuda.get_device_name(device)
+    with torch.inference_mode():
+        for name, fn in stages.items():
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            _, out = timer(fn)  # warm-up, and the output the next stage consumes
+            times = [timer(fn)[0] for _ in range(repeats)]
+            row = {"median_ms": statistics.median(times), "min_ms": min(times), "runs": repeats}
+            if cuda:
+                row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+                row["peak_above_inputs_mib"] = (
+                    torch.cuda.max_memory_allocated(device) - base
+                ) / 2**20
+            report["stages"][name] = row
+            if name == "text_encoder":
+                text, mask = out
+            elif name == "dit_sampling":
+                latents = out
+            elif name == "vae_decoder":
+                mono = out
+            else:
+                stereo = out
+        report["total_median_ms"] = sum(r["median_ms"] for r in report["stages"].values())
+        report["weights_mib"] = (
+            sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+        )
+        report["audio"] = {
+            "rms": stereo.float().pow(2).mean().sqrt().item(),
+            "peak": stereo.abs().max().item(),
+            "side_rms": (stereo[:, 0] - stereo[:, 1]).float().pow(2).mean().sqrt().item() / 2,
+            "finite": bool(stereo.isfinite().all()),
+        }
+        report["hidden_variance"] = hidden_variance(model, text, mask, bpm, num_frames, seed)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.reference",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", default="presto-ls")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--duration-s", type=float, default=32.0)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per stage after one warm-up")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the report here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(
+            "error: --device cuda asked for, but CUDA is not available; use --device cpu",
+            file=sys.stderr,
+        )
+        return 1
+    # A true fp32 reference: no TF32 in matmuls or convolutions.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    report = profile(args.preset, device, args.dtype, args.duration_s, args.repeats, args.seed)
+    print(
+        f"{report['preset']} {report['dtype']} on {report.get('gpu', report['device'])}: "
+        f"{report['duration_s']:.3f} s audio, batch 1"
+    )
+    for name, row in report["stages"].items():
+        mem = f"  peak {row['peak_mib']:9.1f} MiB" if "peak_mib" in row else ""
+        print(f"  {name:<16}{row['median_ms']:10.2f} ms median  {row['min_ms']:10.2f} ms min{mem}")
+    print(f"  {'total':<16}{report['total_median_ms']:10.2f} ms")
+    for sigma, var in report["hidden_variance"].items():
+        print(f"  var(h) sigma={sigma:>6}: " + " ".join(f"{v:.2f}" for v in var))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""FP8 / INT8 calibration of the DiT (not yet implemented)."""
