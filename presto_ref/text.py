@@ -184,7 +184,9 @@ class T5Encoder(nn.Module):
         positions = torch.arange(num_tokens, device=device)
         relative = positions[None, :] - positions[:, None]  # (S, S): key - query
         buckets = relative_position_bucket(relative, self.cfg.num_buckets, self.cfg.max_distance)
-        return self.relative_attention_bias(buckets).permute(2, 0, 1)[None]  # (1, H, S, S)
+        # fp32 like the logits it is added to (and TensorRT-RTX cannot fold a bf16 table lookup).
+        table = self.relative_attention_bias.weight.float()  # (num_buckets, H)
+        return F.embedding(buckets, table).permute(2, 0, 1)[None]  # (1, H, S, S)
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """ids: (B, S) int64, mask: (B, S) bool (True = real token). Returns (B, S, D)."""

@@ -1,0 +1,268 @@
+"""What gets exported: one `ExportSpec` per component, precision, layer budget and shape bucket.
+
+Every graph takes and returns fp32 tensors (ids and masks as int64 / bool); inside, the weights and
+activations are in the target precision, with fp32 kept where presto_ref keeps it (norm statistics,
+rotary angles, EDM preconditioning, the mel front end). So the runtime never casts, and an fp32 and a
+bf16 build of one component have the same interface.
+
+    text_encoder   ids (B, S) int64, mask (B, S) bool                      -> tokens (B, S, D_text)
+    dit            x (B, C_lat, T_lat), sigma (B,), text (B, S, D_text),
+                   text_mask (B, S) bool, bpm (B,)                        -> x0 (B, C_lat, T_lat)
+    vae_decoder    latents (B, C_lat, T_lat)                               -> audio (B, 1, 960 T_lat)
+    stereo         mono (B, 1, T), width (B,)                              -> stereo (B, 2, T)
+
+The DiT graph contains the EDM preconditioning, so it maps noisy latents and sigma to x0 directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from export.fold import fold_weight_norm, replace_transposed_convs
+from presto_ref.errors import ConfigError
+from presto_ref.pipeline import Presto
+
+Precision = Literal["fp32", "fp16", "bf16"]
+COMPONENTS = ("text_encoder", "dit", "vae_decoder", "stereo")
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """One graph to export: its module, named inputs and outputs, and the bucket it is built for."""
+
+    component: str  # "text_encoder", "dit", "vae_decoder" or "stereo"
+    precision: Precision
+    batch: int
+    frames: int | None  # latent frames; None for the text encoder
+    budget: int | None  # DiT only
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def name(self) -> str:
+        """File stem, e.g. `dit-b12-bf16-1x1470`."""
+        budget = f"-b{self.budget}" if self.budget is not None else ""
+        bucket = f"{self.batch}x{self.frames}" if self.frames is not None else f"{self.batch}"
+        return f"{self.component}{budget}-{self.precision}-{bucket}"
+
+    def sample_inputs(
+        self, seed: int = 0, device: str | torch.device = "cpu"
+    ) -> tuple[Tensor, ...]:
+        """Inputs in realistic ranges: noise at sigma 1, BPM 120, a half-full text mask."""
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        for spec in self.inputs:
+            if spec.name == "ids":
+                t = torch.randint(3, 259, spec.shape, generator=g)
+            elif spec.dtype == torch.bool:
+                t = torch.zeros(spec.shape, dtype=torch.bool)
+                t[..., : max(1, spec.shape[-1] // 2)] = True
+            elif spec.name == "sigma":
+                t = torch.ones(spec.shape)
+            elif spec.name == "bpm":
+                t = torch.full(spec.shape, 120.0)
+            elif spec.name == "width":
+                t = torch.ones(spec.shape)
+            elif spec.name == "mono":
+                t = 0.2 * torch.randn(spec.shape, generator=g)  # about -14 dBFS
+            else:
+                t = torch.randn(spec.shape, generator=g)
+            out.append(t.to(device))
+        return tuple(out)
+
+
+# --- graph wrappers: tensors in, tensors out, fp32 at the boundary --------------------------------
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.encoder(ids, mask).float()
+
+
+class DiTGraph(nn.Module):
+    """D(x; sigma) at one fixed budget (paper eq. 4); the preconditioning stays fp32."""
+
+    def __init__(self, denoiser: nn.Module, budget: int) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.budget = budget
+
+    def forward(
+        self, x: Tensor, sigma: Tensor, text: Tensor, text_mask: Tensor, bpm: Tensor
+    ) -> Tensor:
+        return self.denoiser(x, sigma, text=text, text_mask=text_mask, bpm=bpm, budget=self.budget)
+
+
+class VAEDecoderGraph(nn.Module):
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, latents: Tensor) -> Tensor:
+        dtype = next(self.decoder.parameters()).dtype
+        return self.decoder(latents.to(dtype)).float()
+
+
+class StereoGraph(nn.Module):
+    def __init__(self, stereo: nn.Module) -> None:
+        super().__init__()
+        self.stereo = stereo
+
+    def forward(self, mono: Tensor, width: Tensor) -> Tensor:
+        dtype = self.stereo.side_generator.conv_pre.weight.dtype
+        return self.stereo(mono.to(dtype), width).float()
+
+
+def graph_for(model: Presto, component: str, budget: int | None = None) -> nn.Module:
+    """The exported graph's module around `model`'s components (no copy: shares the weights)."""
+    if component == "text_encoder":
+        return TextEncoderGraph(model.text_encoder)
+    if component == "dit":
+        return DiTGraph(model.denoiser, budget if budget is not None else 0)
+    if component == "vae_decoder":
+        return VAEDecoderGraph(model.vae.decoder)
+    if component == "stereo":
+        return StereoGraph(model.stereo)
+    raise ConfigError(f"unknown component {component!r}; expected one of {COMPONENTS}")
+
+
+# --- building the list -----------------------------------------------------------------------------
+
+
+def export_model(model: Presto, precision: Precision) -> Presto:
+    """A copy of `model` ready for export: weight norm folded, transposed convolutions in polyphase
+    form (export/fold.py), weights in the target dtype, eval mode."""
+    if precision not in DTYPES:
+        raise ConfigError(f"precision={precision!r}; expected one of {sorted(DTYPES)}")
+    # A fresh model, not copy.deepcopy: a deep copy shares the classes that parametrisation creates
+    # per module, and folding one copy would strip the `weight` property from the other.
+    clone = Presto(model.config)
+    clone.load_state_dict(model.state_dict())
+    fold_weight_norm(clone)
+    replace_transposed_convs(clone)
+    return clone.float().eval().to(DTYPES[precision])
+
+
+def make_specs(
+    model: Presto,
+    precision: Precision,
+    batch_sizes: tuple[int, ...] = (1,),
+    frames: tuple[int, ...] | None = None,
+    budgets: tuple[int, ...] | None = None,
+    components: tuple[str, ...] = COMPONENTS,
+) -> list[ExportSpec]:
+    """Specs for every component, DiT budget and (batch, frames) bucket.
+
+    frames defaults to the config's maximum duration (1470 frames = 32 s for the paper presets);
+    budgets default to the distinct budgets of the config's schedule.
+    """
+    cfg = model.config
+    frames = frames or (cfg.max_frames,)
+    budgets = budgets if budgets is not None else cfg.sampler.budgets.distinct_budgets
+    for b in budgets:
+        if not 0 <= b < cfg.dit.num_blocks:
+            raise ConfigError(
+                f"budget {b} cannot be built: {cfg.name} has {cfg.dit.num_blocks} blocks, so a "
+                f"budget is 0..{cfg.dit.num_blocks - 1}"
+            )
+    for n in frames:
+        if not 1 <= n <= cfg.max_frames:
+            raise ConfigError(
+                f"a bucket of {n} frames ({cfg.duration_for_frames(n):.2f} s) is outside what "
+                f"{cfg.name} takes: 1..{cfg.max_frames} frames (max {cfg.max_duration_s:g} s)"
+            )
+    for b in batch_sizes:
+        if b < 1:
+            raise ConfigError(f"batch size {b} must be >= 1")
+    m = export_model(model, precision)
+    S, D_text, C = cfg.text.max_tokens, cfg.text.d_model, cfg.dit.latent_channels
+    f32, i64, boolean = torch.float32, torch.int64, torch.bool
+    specs: list[ExportSpec] = []
+    for B in batch_sizes:
+        if "text_encoder" in components:
+            specs.append(
+                ExportSpec(
+                    "text_encoder",
+                    precision,
+                    B,
+                    None,
+                    None,
+                    graph_for(m, "text_encoder"),
+                    (TensorSpec("ids", i64, (B, S)), TensorSpec("mask", boolean, (B, S))),
+                    (TensorSpec("tokens", f32, (B, S, D_text)),),
+                )
+            )
+        for T in frames:
+            samples = T * cfg.hop_length
+            if "dit" in components:
+                for budget in budgets:
+                    specs.append(
+                        ExportSpec(
+                            "dit",
+                            precision,
+                            B,
+                            T,
+                            budget,
+                            graph_for(m, "dit", budget),
+                            (
+                                TensorSpec("x", f32, (B, C, T)),
+                                TensorSpec("sigma", f32, (B,)),
+                                TensorSpec("text", f32, (B, S, D_text)),
+                                TensorSpec("text_mask", boolean, (B, S)),
+                                TensorSpec("bpm", f32, (B,)),
+                            ),
+                            (TensorSpec("x0", f32, (B, C, T)),),
+                        )
+                    )
+            if "vae_decoder" in components:
+                specs.append(
+                    ExportSpec(
+                        "vae_decoder",
+                        precision,
+                        B,
+                        T,
+                        None,
+                        graph_for(m, "vae_decoder"),
+                        (TensorSpec("latents", f32, (B, C, T)),),
+                        (TensorSpec("audio", f32, (B, 1, samples)),),
+                    )
+                )
+            if "stereo" in components:
+                specs.append(
+                    ExportSpec(
+                        "stereo",
+                        precision,
+                        B,
+                        T,
+                        None,
+                        graph_for(m, "stereo"),
+                        (TensorSpec("mono", f32, (B, 1, samples)), TensorSpec("width", f32, (B,))),
+                        (TensorSpec("stereo", f32, (B, 2, samples)),),
+                    )
+                )
+    return specs
