@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
@@ -397,6 +398,9 @@ def build(model: Presto, plan: BuildPlan, out: Path) -> Manifest:
     old = load_previous(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder is an ordinary one
     artifacts: list[Artifact] = []
     onnx_files: dict[str, Path] = {}
     try:

@@ -23,3 +23,11 @@ class BackendUnavailable(PrestoError):
 
 class ShapeError(PrestoError, ValueError):
     """Inputs whose number, shape, dtype, device or layout differ from what the engine was built for."""
+
+
+class InputError(PrestoError, ValueError):
+    """A generation request outside what the build accepts (prompt, BPM, duration, batch, seeds)."""
+
+
+class NumericalError(PrestoError):
+    """An engine produced NaN or Inf."""

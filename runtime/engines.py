@@ -1,0 +1,89 @@
+"""One small engine interface over the backends, and `open_engine` to load an artifact with it.
+
+An engine has `inputs` and `outputs` (TensorInfo, from the manifest or the package) and is called
+with torch tensors in input order; it returns a tuple of torch tensors. Backends:
+
+- "torch": AOTInductor packages (`runtime.torch_engine.TorchEngine`), CPU or CUDA.
+- "onnx": ONNX Runtime, CPU provider. (ONNX Runtime's CUDA provider with IO binding is not wired
+  up: the GPU machine this project is tested on has no onnxruntime-gpu, so it could not be verified.)
+
+TensorRT engines are listed in the manifest but have no runtime wrapper yet (see README).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from runtime.errors import BackendUnavailable, ShapeError
+from runtime.manifest import Artifact, TensorInfo
+
+
+class Engine(Protocol):
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]: ...
+
+
+class OrtEngine:
+    """An ONNX file on ONNX Runtime's CPU provider; outputs are fresh CPU tensors."""
+
+    def __init__(self, path: Path, artifact: Artifact, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs, self.outputs = artifact.inputs, artifact.outputs
+        self._names = [o.name for o in self.outputs]
+
+    def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        if len(inputs) != len(self.inputs):
+            raise ShapeError(f"{self.path.name} takes {len(self.inputs)} inputs, got {len(inputs)}")
+        feeds = {}
+        for info, t in zip(self.inputs, inputs):
+            if tuple(t.shape) != info.shape:
+                raise ShapeError(
+                    f"{self.path.name}: input {info.name} has shape {tuple(t.shape)}, the engine "
+                    f"was built for {info.shape}"
+                )
+            feeds[info.name] = np.ascontiguousarray(t.detach().cpu().numpy())
+        return tuple(torch.from_numpy(x) for x in self.session.run(self._names, feeds))
+
+
+def backend_available(backend: str) -> str | None:
+    """None if `backend` can run here, else the reason it cannot."""
+    if backend == "onnx":
+        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
+    if backend == "torch":
+        return None
+    if backend == "tensorrt":
+        return "the runtime has no TensorRT engine wrapper yet; use --backend torch or onnxruntime"
+    return f"unknown backend {backend!r}"
+
+
+def open_engine(
+    folder: Path, artifact: Artifact, device: torch.device, single_threaded: bool = False
+) -> Engine:
+    """Load one artifact of the build folder as an Engine on `device`."""
+    reason = backend_available(artifact.backend)
+    if reason:
+        raise BackendUnavailable(reason)
+    path = folder / artifact.file
+    if artifact.backend == "onnx":
+        if device.type != "cpu":
+            raise BackendUnavailable(
+                f"ONNX Runtime runs on the CPU here; got device {device}: use --backend torch on CUDA"
+            )
+        return OrtEngine(path, artifact)
+    from runtime.torch_engine import TorchEngine
+
+    return TorchEngine(path, device=str(device), run_single_threaded=single_threaded)

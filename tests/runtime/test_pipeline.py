@@ -1,0 +1,226 @@
+"""The runtime on ONNX Runtime's CPU provider against presto_ref.
+
+Run: `python -m pytest tests/runtime/test_pipeline.py`.
+
+One module-scoped tiny build (ONNX only, batches 1 and 2, a 1 s bucket).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from export.build import main as build_main
+from presto_ref.checkpoint import random_model
+from presto_ref.edm import karras_sigmas as ref_sigmas
+from presto_ref.pipeline import Request
+from presto_ref.text import ByteTokenizer
+from runtime.errors import ArtifactError, InputError, NumericalError, ShapeError
+from runtime.generate import main as generate_main
+from runtime.pipeline import Pipeline
+from runtime.schedule import budget_for_sigma, karras_sigmas, schedule
+from runtime.tokenizer import encode_prompts
+
+DURATION_S = 1.0  # 46 frames
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rt") / "tiny"
+    args = [
+        "--preset",
+        "tiny",
+        "--backends",
+        "onnx",
+        "--batch-sizes",
+        "1,2",
+        "--durations-s",
+        "1",
+        "--no-verify",
+        "--out",
+        str(out),
+        "-q",
+    ]
+    assert build_main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return random_model("tiny", 0).eval()
+
+
+def ref_audio(model, prompts, seeds, **kw) -> np.ndarray:
+    req = Request(prompts=tuple(prompts), seeds=tuple(seeds), duration_s=DURATION_S, **kw)
+    return model.generate(req).numpy()
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# fp32 engines on ORT's CPU provider against eager fp32 PyTorch, through 4 DiT steps, the decoder
+# and the stereo model: each graph agrees to ~1e-6 (tests/export), and the chain compounds that to
+# ~3e-6 (measured). 1e-4 is tight enough that a wrong sigma, budget, noise draw or step order (all
+# of which change the audio completely) cannot pass.
+BOUND = 1e-4
+
+
+def test_runtime_reproduces_the_reference(build: Path, reference) -> None:
+    pipe = Pipeline(build, backend="onnxruntime", device="cpu")
+    audio = pipe.generate(["warm lofi piano"], seeds=[3], bpm=100, duration_s=DURATION_S)
+    assert audio.sample_rate == 44_100 and audio.samples.shape == (1, 2, 46 * 960)
+    assert rel(audio.samples, ref_audio(reference, ["warm lofi piano"], [3], bpm=100)) < BOUND
+
+
+def test_batch_mono_width_steps_and_rho(build: Path, reference) -> None:
+    pipe = Pipeline(build, backend="auto", device="cpu")
+    assert pipe.backend == "onnx"
+    got = pipe.generate(["a", "b c"], seeds=[5, 6], duration_s=DURATION_S, stereo=False)
+    assert rel(got.samples, ref_audio(reference, ["a", "b c"], [5, 6], stereo=False)) < BOUND
+    got = pipe.generate(["a"], seeds=[5], duration_s=DURATION_S, width=0.3, num_steps=6, rho=3.0)
+    want = ref_audio(reference, ["a"], [5], width=0.3, num_steps=6, rho=3.0)
+    assert rel(got.samples, want) < BOUND
+    # A take is the same alone and inside a batch.
+    alone = pipe.generate(["b c"], seeds=[6], duration_s=DURATION_S, stereo=False).samples
+    batch = pipe.generate(["a", "b c"], seeds=[5, 6], duration_s=DURATION_S, stereo=False).samples
+    np.testing.assert_allclose(batch[1:], alone, atol=1e-5)
+
+
+def test_tokenizer_and_schedule_match_presto_ref() -> None:
+    prompts = ["warm lofi piano", "é 日本", "x" * 127]
+    ids, mask = encode_prompts(prompts, 128)
+    ref_ids, ref_mask = ByteTokenizer(128).encode(prompts)
+    assert np.array_equal(ids, ref_ids.numpy()) and np.array_equal(mask, ref_mask.numpy())
+    for steps, rho in ((1, 7.0), (4, 7.0), (6, 1.0), (4, 1000.0)):
+        assert karras_sigmas(steps, 0.002, 80.0, rho) == ref_sigmas(steps, 0.002, 80.0, rho)
+
+
+def test_schedule_uses_the_manifest_defaults(build: Path) -> None:
+    sampler = Pipeline(build, device="cpu").manifest.sampler
+    assert schedule(sampler, None, None) == (list(sampler.sigmas), list(sampler.step_budgets))
+    assert list(sampler.step_budgets) == [2, 1, 0, 0]
+    sigmas, budgets = schedule(sampler, 2, None)
+    assert sigmas == pytest.approx([80.0, 0.002]) and budgets == [
+        budget_for_sigma(sampler, s) for s in sigmas
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(prompts=[""]), InputError, "empty"),
+        (dict(prompts=["x" * 200]), InputError, "200 UTF-8 bytes"),
+        (dict(bpm=500.0), InputError, r"bpm=500.0 is outside \[40, 240\]"),
+        (dict(duration_s=0.0), InputError, r"duration_s=0.0 must be in \(0, 10\]"),
+        (
+            dict(duration_s=2.0),
+            ShapeError,
+            r"no dit engine for batch 1, 92 frames \(2.00 s\); the nearest built bucket is "
+            r"batch 1, 1.00 s.*--durations-s 2.00",
+        ),
+        (dict(prompts=["a"] * 3, seeds=[1, 2, 3]), ShapeError, "--batch-sizes 3"),
+        (dict(num_steps=0), InputError, "steps=0 must be >= 1"),
+        (dict(rho=0.5), InputError, "rho=0.5 must be >= 1"),
+    ],
+)
+def test_bad_requests(build: Path, kwargs, error, message) -> None:
+    pipe = Pipeline(build, device="cpu")
+    call = dict(prompts=["a"], seeds=[0], duration_s=DURATION_S) | kwargs
+    with pytest.raises(error, match=message):
+        pipe.generate(call.pop("prompts"), **call)
+
+
+def test_missing_budget_names_the_fix(build: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(build, partial)
+    data = json.loads((partial / "manifest.json").read_text())
+    data["artifacts"] = [a for a in data["artifacts"] if a["budget"] != 1]
+    (partial / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(
+        ShapeError, match=r"no DiT engine for budget 1 \(built: \[0, 2\]\).*--budgets 0,1,2"
+    ):
+        Pipeline(partial, device="cpu").generate(["a"], seeds=[0], duration_s=DURATION_S)
+
+
+def test_foreign_and_corrupt_builds(build: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(build, other)
+    data = json.loads((other / "manifest.json").read_text())
+    data["schema_version"] = 99
+    (other / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="schema_version 99"):
+        Pipeline(other, device="cpu")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(build, corrupt)
+    victim = next(corrupt.glob("vae_decoder*.onnx"))
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ArtifactError, match=f"{victim.name} is corrupt"):
+        Pipeline(corrupt, device="cpu").generate(["a"], seeds=[0], duration_s=DURATION_S)
+
+
+def test_nan_in_an_engine_output_is_refused(build: Path, monkeypatch) -> None:
+    pipe = Pipeline(build, device="cpu")
+    pipe.generate(["a"], seeds=[0], duration_s=DURATION_S)  # loads the engines
+    key = next(k for k in pipe._engines if k.startswith("vae_decoder"))
+    monkeypatch.setitem(
+        pipe._engines, key, lambda *a: (torch.full((1, 1, 46 * 960), float("nan")),)
+    )
+    with pytest.raises(NumericalError, match="NaN or Inf"):
+        pipe.generate(["a"], seeds=[0], duration_s=DURATION_S)
+
+
+def test_cli_writes_takes(build: Path, tmp_path: Path, reference) -> None:
+    out = tmp_path / "take.wav"
+    assert (
+        generate_main(
+            [
+                "warm lofi piano",
+                "--engines",
+                str(build),
+                "-o",
+                str(out),
+                "--duration-s",
+                "1",
+                "--num-takes",
+                "2",
+                "--seed",
+                "3",
+                "--float-wav",
+                "--bpm",
+                "100",
+            ]
+        )
+        == 0
+    )
+    data, sr = soundfile.read(str(tmp_path / "take_0.wav"))
+    assert sr == 44_100 and data.shape == (46 * 960, 2)
+    want = ref_audio(reference, ["warm lofi piano"], [3], bpm=100)[0].T
+    assert rel(data, want) < BOUND
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["", "--duration-s", "1"], "empty"),
+        (["x", "--duration-s", "1", "--bpm", "10"], "bpm=10.0"),
+        (["x", "--duration-s", "3"], "no .* engine for batch 1, 138 frames"),
+        (["x", "--duration-s", "1", "--num-takes", "3"], "--batch-sizes 3"),
+        (["x", "--duration-s", "1", "--backend", "tensorrt"], "no TensorRT engine wrapper"),
+    ],
+)
+def test_cli_errors_are_one_line_and_write_nothing(
+    build: Path, tmp_path: Path, capsys, args, message
+) -> None:
+    out = tmp_path / "o.wav"
+    assert generate_main([args[0], "--engines", str(build), "-o", str(out), *args[1:]]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0]), errors
+    assert list(tmp_path.iterdir()) == []
