@@ -10,6 +10,9 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
   && export PYTHONPATH="/tmp/site:$PWD" || exit 1
 export PYTHONUNBUFFERED=1
+# The GPU image sets CXX=/opt/gcc/bin/g++; AOTInductor libraries built with it crash in std::regex
+# at load time (seen with cuda-gdb), so build with the system compiler.
+export CXX=/usr/bin/g++
 B=/tmp/build-$PRESET-$PRECISION
 if [ "${GPU_TESTS:-0}" = 1 ]; then
   python3 -m pytest -q -rs -m gpu tests/runtime tests/export 2>&1 | tail -15 | tee "$OUT/gpu-tests-export.log"
