@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.errors import BackendUnavailable, EngineBuildError
+from export.spec import DiTGraph
 from export.torch_backend import TorchBuild, compile_package
 from runtime.errors import ArtifactError, ShapeError
 from runtime.torch_engine import TorchEngine
@@ -56,20 +57,6 @@ class ConvNet(nn.Module):
         return h, h.mean(dim=(1, 2))  # (B, 8, T), (B,)
 
 
-class DenoiserGraph(nn.Module):
-    """D(x; sigma) of presto_ref at one fixed budget, with tensors as the only inputs."""
-
-    def __init__(self, denoiser: nn.Module, budget: int) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.budget = budget
-
-    def forward(
-        self, x: Tensor, sigma: Tensor, text: Tensor, text_mask: Tensor, bpm: Tensor
-    ) -> Tensor:
-        return self.denoiser(x, sigma, text=text, text_mask=text_mask, bpm=bpm, budget=self.budget)
-
-
 def conv_case() -> tuple[nn.Module, tuple[Tensor, ...]]:
     """The conv module in training mode (compile_package must export it in eval mode)."""
     torch.manual_seed(0)
@@ -91,7 +78,7 @@ def dit_case(tiny_model: nn.Module, budget: int = 1) -> tuple[nn.Module, tuple[T
         text_mask,
         torch.tensor([120.0, 90.0]),  # BPM
     )
-    return DenoiserGraph(tiny_model.denoiser, budget), inputs
+    return DiTGraph(tiny_model.denoiser, budget), inputs
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.spec import DiTGraph
 from export.torch_backend import compile_package
 from runtime.errors import ShapeError
 from runtime.torch_engine import TorchEngine
@@ -63,20 +64,6 @@ class ConvNet(nn.Module):
         return h, h.float().mean(dim=(1, 2))  # (B, 8, T), (B,) fp32
 
 
-class DenoiserGraph(nn.Module):
-    """D(x; sigma) of presto_ref at one fixed budget, with tensors as the only inputs (fp32 I/O)."""
-
-    def __init__(self, denoiser: nn.Module, budget: int) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.budget = budget
-
-    def forward(
-        self, x: Tensor, sigma: Tensor, text: Tensor, text_mask: Tensor, bpm: Tensor
-    ) -> Tensor:
-        return self.denoiser(x, sigma, text=text, text_mask=text_mask, bpm=bpm, budget=self.budget)
-
-
 def make_case(name: str, tiny_model: nn.Module) -> tuple[nn.Module, tuple[Tensor, ...]]:
     """An fp32 CPU module and its CPU inputs."""
     g = torch.Generator().manual_seed(0)
@@ -96,7 +83,7 @@ def make_case(name: str, tiny_model: nn.Module) -> tuple[nn.Module, tuple[Tensor
         text_mask,
         torch.tensor([120.0, 90.0]),  # BPM
     )
-    return DenoiserGraph(copy.deepcopy(tiny_model.denoiser), budget=1).eval(), inputs
+    return DiTGraph(copy.deepcopy(tiny_model.denoiser), budget=1).eval(), inputs
 
 
 def on_gpu(
