@@ -7,7 +7,8 @@ with torch tensors in input order; it returns a tuple of torch tensors. Backends
 - "onnx": ONNX Runtime, CPU provider. (ONNX Runtime's CUDA provider with IO binding is not wired
   up: the GPU machine this project is tested on has no onnxruntime-gpu, so it could not be verified.)
 
-TensorRT engines are listed in the manifest but have no runtime wrapper yet (see README).
+- "tensorrt": `.plan` files through `runtime.trt_engine.TrtEngine` (CUDA only; not yet executed
+  anywhere, see README).
 """
 
 from __future__ import annotations
@@ -66,7 +67,16 @@ def backend_available(backend: str) -> str | None:
     if backend == "torch":
         return None
     if backend == "tensorrt":
-        return "the runtime has no TensorRT engine wrapper yet; use --backend torch or onnxruntime"
+        if not any(
+            importlib.util.find_spec(m)
+            for m in ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")
+        ):
+            return "TensorRT is not installed; install tensorrt (or tensorrt-rtx) or use --backend torch"
+        if not torch.cuda.is_available():
+            return (
+                "TensorRT engines need a CUDA GPU and none is available; use --backend onnxruntime"
+            )
+        return None
     return f"unknown backend {backend!r}"
 
 
@@ -84,6 +94,10 @@ def open_engine(
                 f"ONNX Runtime runs on the CPU here; got device {device}: use --backend torch on CUDA"
             )
         return OrtEngine(path, artifact)
+    if artifact.backend == "tensorrt":
+        from runtime.trt_engine import TrtEngine
+
+        return TrtEngine(path, artifact, device)
     from runtime.torch_engine import TorchEngine
 
     return TorchEngine(path, device=str(device), run_single_threaded=single_threaded)

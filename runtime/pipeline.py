@@ -87,6 +87,7 @@ class Pipeline:
     def _choose_backend(self, backend: str) -> str:
         present = {a.backend for a in self.manifest.artifacts}
         if backend == "auto":
+            # TensorRT is only used when asked for by name until it has run somewhere (README).
             order = ("torch", "onnx") if self.device.type == "cuda" else ("onnx", "torch")
             for b in order:
                 if b in present and not backend_available(b) and self._runs_here(b):
@@ -112,6 +113,8 @@ class Pipeline:
     def _runs_here(self, backend: str) -> bool:
         if backend == "onnx":
             return self.device.type == "cpu"
+        if backend == "tensorrt":
+            return self.device.type == "cuda"
         suffix = "-cpu.pt2" if self.device.type == "cpu" else "-cuda.pt2"
         return any(a.file.endswith(suffix) for a in self.manifest.artifacts if a.backend == backend)
 
