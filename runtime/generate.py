@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="S",
-        help="seconds, rounded to whole 960-sample frames (default: the build's maximum)",
+        help="seconds, rounded to whole 960-sample frames (default: the longest built bucket)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the first take (default 0)")
     p.add_argument(

@@ -211,7 +211,10 @@ class Pipeline:
         stereo: bool = True,
         width: float = 1.0,
     ) -> Audio:
-        """Generate one take per prompt, take b from seeds[b]. Thread-safe (calls are serialised)."""
+        """Generate one take per prompt, take b from seeds[b]. Thread-safe (calls are serialised).
+
+        duration_s=None takes the longest duration bucket the build has for this batch size.
+        """
         m = self.manifest
         if len(prompts) != len(seeds) or not prompts:
             raise InputError(
@@ -220,7 +223,13 @@ class Pipeline:
         lo, hi = m.bpm_range
         if not (math.isfinite(bpm) and lo <= bpm <= hi):
             raise InputError(f"bpm={bpm} is outside [{lo:g}, {hi:g}]; pass a BPM in that range")
-        duration_s = m.max_duration_s if duration_s is None else duration_s
+        if duration_s is None:  # the longest bucket built for this batch size
+            built = [
+                a.frames
+                for a in m.find("dit", self.backend, batch=len(prompts))
+                if self._for_device(a)
+            ]
+            duration_s = max(built, default=0) * m.hop_length / m.sample_rate or m.max_duration_s
         if not (math.isfinite(duration_s) and 0 < duration_s <= m.max_duration_s):
             raise InputError(
                 f"duration_s={duration_s} must be in (0, {m.max_duration_s:g}] s for {m.model_name}"

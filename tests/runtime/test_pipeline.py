@@ -94,6 +94,12 @@ def test_batch_mono_width_steps_and_rho(build: Path, reference) -> None:
     np.testing.assert_allclose(batch[1:], alone, atol=1e-5)
 
 
+def test_default_duration_is_the_longest_built_bucket(build: Path) -> None:
+    # The build holds 1 s buckets while the preset allows 10 s: no duration means what was built.
+    audio = Pipeline(build, device="cpu").generate(["a"], seeds=[0], stereo=False)
+    assert audio.samples.shape == (1, 1, 46 * 960)
+
+
 def test_tokenizer_and_schedule_match_presto_ref() -> None:
     prompts = ["warm lofi piano", "é 日本", "x" * 127]
     ids, mask = encode_prompts(prompts, 128)
