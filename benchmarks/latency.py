@@ -132,16 +132,15 @@ def run_benchmark(
     pipe = Pipeline(engines, backend=backend, device=device)
     m, dev = pipe.manifest, pipe.device
     timer = Timer(dev)
-    frames = max(a.frames for a in m.find("dit", pipe.backend, batch=1) if pipe._for_device(a))
+    frames = max(pipe.built_frames(1))
     duration_s = frames * m.hop_length / m.sample_rate
     sigmas, budgets = list(m.sampler.sigmas), list(m.sampler.step_budgets)
-    dits, decoder, m2s = pipe._chain_engines(1, frames, budgets, stereo=True)
-    text_art = [a for a in m.find("text_encoder", pipe.backend, batch=1) if pipe._for_device(a)]
+    dits, decoder, m2s = pipe.chain_engines(1, frames, budgets, stereo=True)
     sizes = {
-        "text_encoder": sum(a.size_bytes for a in text_art[:1]),
-        "dit_steps": sum(pipe._artifact("dit", 1, frames, b).size_bytes for b in budgets),
-        "vae_decoder": pipe._artifact("vae_decoder", 1, frames).size_bytes,
-        "stereo": pipe._artifact("stereo", 1, frames).size_bytes,
+        "text_encoder": pipe.artifact("text_encoder", 1, None).size_bytes,
+        "dit_steps": sum(pipe.artifact("dit", 1, frames, b).size_bytes for b in budgets),
+        "vae_decoder": pipe.artifact("vae_decoder", 1, frames).size_bytes,
+        "stereo": pipe.artifact("stereo", 1, frames).size_bytes,
     }
     sizes["e2e_mono"] = sizes["text_encoder"] + sizes["dit_steps"] + sizes["vae_decoder"]
     sizes["e2e_stereo"] = sizes["e2e_mono"] + sizes["stereo"]

@@ -53,6 +53,7 @@ from runtime.manifest import (
 log = logging.getLogger("export.build")
 
 BACKEND_NAMES = ("onnx", "tensorrt", "torch")
+TIMING_CACHE = "timing.cache"  # full TensorRT's tactic timings, kept in the build folder
 # Parity of an fp32 ONNX graph on ONNX Runtime's CPU provider against eager PyTorch: both compute in
 # fp32 with other summation orders, which gives relative L2 errors near 1e-6; 1e-4 flags real bugs.
 FP32_PARITY_BOUND = 1e-4
@@ -300,6 +301,8 @@ def build_one(
             tmp / name,
             flavor=plan.trt_flavor,
             compute_capabilities=list(plan.compute_capabilities) or None,
+            # Full TensorRT keeps its tactic timings between builds; RTX has no timing cache.
+            timing_cache=tmp / TIMING_CACHE if plan.trt_flavor == "tensorrt" else None,
         )
         expected = tuple((t.name, t.dtype_name, t.shape) for t in spec.inputs)
         got = tuple((n, d, tuple(s)) for n, d, s in result.inputs)
@@ -404,6 +407,8 @@ def build(model: Presto, plan: BuildPlan, out: Path) -> Manifest:
     artifacts: list[Artifact] = []
     onnx_files: dict[str, Path] = {}
     try:
+        if plan.trt_flavor == "tensorrt" and (out / TIMING_CACHE).is_file():
+            shutil.copy2(out / TIMING_CACHE, tmp / TIMING_CACHE)  # carried to the next build
         steps = [(s, b) for s in specs for b in plan.backends]  # ONNX before the engines made of it
         for i, (spec, backend) in enumerate(steps, 1):
             key = (spec.component, backend, spec.precision, spec.budget, spec.batch, spec.frames)

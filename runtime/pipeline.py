@@ -118,7 +118,12 @@ class Pipeline:
         suffix = "-cpu.pt2" if self.device.type == "cpu" else "-cuda.pt2"
         return any(a.file.endswith(suffix) for a in self.manifest.artifacts if a.backend == backend)
 
-    def _artifact(
+    def built_frames(self, batch: int) -> list[int]:
+        """Latent-frame buckets of this backend and device at `batch`, ascending."""
+        found = self.manifest.find("dit", self.backend, batch=batch)
+        return sorted({a.frames for a in found if self._for_device(a)})
+
+    def artifact(
         self, component: str, batch: int, frames: int | None, budget: int | None = None
     ) -> Artifact:
         found = [
@@ -172,7 +177,7 @@ class Pipeline:
             if self._for_device(a)
         ]
         if not one:  # no batch-1 encoder: encode the whole batch at once, uncached
-            art = self._artifact("text_encoder", len(prompts), None)
+            art = self.artifact("text_encoder", len(prompts), None)
             (tokens,) = self._engine(art)(
                 torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
             )
@@ -189,12 +194,13 @@ class Pipeline:
             rows.append(self._text_cache[prompt])
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
-    def _chain_engines(self, batch: int, frames: int, budgets: Sequence[int], stereo: bool):
+    def chain_engines(self, batch: int, frames: int, budgets: Sequence[int], stereo: bool):
+        """({budget: DiT engine}, decoder, mono-to-stereo or None) for one bucket, loaded once."""
         dits = {
-            b: self._engine(self._artifact("dit", batch, frames, b)) for b in sorted(set(budgets))
+            b: self._engine(self.artifact("dit", batch, frames, b)) for b in sorted(set(budgets))
         }
-        decoder = self._engine(self._artifact("vae_decoder", batch, frames))
-        m2s = self._engine(self._artifact("stereo", batch, frames)) if stereo else None
+        decoder = self._engine(self.artifact("vae_decoder", batch, frames))
+        m2s = self._engine(self.artifact("stereo", batch, frames)) if stereo else None
         return dits, decoder, m2s
 
     # --- generation ---
@@ -245,7 +251,7 @@ class Pipeline:
         B = len(prompts)
         with self._lock:
             text, mask = self.encode_text(prompts)
-            dits, decoder, m2s = self._chain_engines(B, frames, budgets, stereo)
+            dits, decoder, m2s = self.chain_engines(B, frames, budgets, stereo)
             noise = [
                 z.to(self.device)
                 for z in draw_noise(seeds, (m.latent_channels, frames), len(sigmas))

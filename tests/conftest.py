@@ -6,8 +6,20 @@ Run everything: `python -m pytest`. The device suite alone: `python -m pytest -m
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 
 import pytest
+
+# Polygraphy binds to TensorRT or TensorRT-RTX once per process, when it is first imported, and
+# several test modules import it (ONNX folding, engine builds). Where RTX is the only TensorRT
+# installed, bind it to RTX before any test runs, so the outcome does not depend on test order.
+if (
+    importlib.util.find_spec("tensorrt") is None
+    and any(importlib.util.find_spec(m) for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
+    and "polygraphy.config" not in sys.modules
+):
+    os.environ.setdefault("POLYGRAPHY_USE_TENSORRT_RTX", "1")
 
 
 def _cuda_reason() -> str | None:

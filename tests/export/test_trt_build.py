@@ -6,8 +6,6 @@ Run: `python -m pytest tests/export/test_trt_build.py -q`
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import onnx
@@ -22,12 +20,6 @@ from presto_ref.errors import ConfigError
 
 HAS_RTX = any(importlib.util.find_spec(m) for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-
-# Polygraphy picks TensorRT or TensorRT-RTX once per process, when it is first imported, and the
-# ONNX export tests import it at run time. Where RTX is the only TensorRT, choose it now, during
-# collection, before any test runs. (Belongs in tests/conftest.py once more modules need it.)
-if HAS_RTX and not HAS_TRT and "polygraphy.config" not in sys.modules:
-    os.environ.setdefault(trt_build.POLYGRAPHY_RTX_ENV, "1")
 
 needs_rtx = pytest.mark.skipif(
     not HAS_RTX,
