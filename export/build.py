@@ -431,7 +431,8 @@ def build(model: Presto, plan: BuildPlan, out: Path) -> Manifest:
                 component=spec.component,
                 backend=backend,
                 file=file,
-                sha256=sha256_file(path),
+                # A reused file was hashed by `reusable` just before it was copied.
+                sha256=prev.sha256 if prev is not None else sha256_file(path),
                 size_bytes=path.stat().st_size,
                 precision=spec.precision,
                 inputs=tensor_infos(spec.inputs),

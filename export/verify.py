@@ -54,7 +54,7 @@ def reference_output(
 ) -> np.ndarray:
     """The eager output of the graph `spec` describes, on `inputs`; `model` must be the fp32 one."""
     module = graph_for(model.eval(), spec.component, spec.budget)
-    return module(*inputs).float().numpy()
+    return module(*inputs).float().cpu().numpy()
 
 
 def run_onnx(path: Path, spec: ExportSpec, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 
 def reference(build: Path, device: str, out: Path, init_seed: int) -> None:
     from export.spec import make_specs
+    from export.verify import reference_output
     from presto_ref.checkpoint import random_model
     from presto_ref.config import PrestoConfig
     from runtime.manifest import Manifest
@@ -43,17 +44,10 @@ def reference(build: Path, device: str, out: Path, init_seed: int) -> None:
     for art in arts:
         spec = specs[art.file.rsplit("-", 1)[0]]
         inputs = spec.sample_inputs(seed=1, device=device)
-        with torch.no_grad():
-            ref = torch.from_numpy(reference_output_on(model, spec, inputs))
+        ref = torch.from_numpy(reference_output(model, spec, inputs))  # no_grad inside
         saved[art.file] = {"inputs": [t.cpu() for t in inputs], "reference": ref}
         print(f"reference {art.file}: output {tuple(ref.shape)}", flush=True)
     torch.save(saved, out)
-
-
-def reference_output_on(model, spec, inputs):
-    from export.spec import graph_for
-
-    return graph_for(model, spec.component, spec.budget)(*inputs).float().cpu().numpy()
 
 
 def check(build: Path, ref_path: Path, device: str, json_path: Path | None) -> int:
