@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from export.fold import fold_weight_norm, replace_transposed_convs
+from export.fuse import fuse_dit_projections
 from presto_ref.errors import ConfigError
 from presto_ref.pipeline import Presto
 
@@ -156,7 +157,8 @@ def graph_for(model: Presto, component: str, budget: int | None = None) -> nn.Mo
 
 def export_model(model: Presto, precision: Precision) -> Presto:
     """A copy of `model` ready for export: weight norm folded, transposed convolutions in polyphase
-    form (export/fold.py), weights in the target dtype, eval mode."""
+    form (export/fold.py), the DiT's projections fused (export/fuse.py), weights in the target
+    dtype, eval mode."""
     if precision not in DTYPES:
         raise ConfigError(f"precision={precision!r}; expected one of {sorted(DTYPES)}")
     # A fresh model, not copy.deepcopy: a deep copy shares the classes that parametrisation creates
@@ -165,6 +167,7 @@ def export_model(model: Presto, precision: Precision) -> Presto:
     clone.load_state_dict(model.state_dict())
     fold_weight_norm(clone)
     replace_transposed_convs(clone)
+    fuse_dit_projections(clone.dit)
     return clone.float().eval().to(DTYPES[precision])
 
 

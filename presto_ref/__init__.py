@@ -20,4 +20,4 @@ Entry points:
     python -m presto_ref.describe           parameter counts and FLOPs of a preset
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
