@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,10 +321,19 @@ def build_one(
         from export.torch_backend import compile_package
 
         name = f"{spec.name}-{plan.device.replace(':', '')}.pt2"
+        from export.conv_layout import CONV2D_INDUCTOR_OPTIONS, conv1d_as_conv2d
+
         module = spec.module.to(plan.device)
-        result = compile_package(
-            module, spec.sample_inputs(device=plan.device), tmp / name, device=plan.device
-        )
+        # On CUDA, 1-D convolutions run as channels-last 2-D ones (export/conv_layout.py).
+        swap = conv1d_as_conv2d(module) if plan.device.startswith("cuda") else nullcontext(0)
+        with swap as swapped:
+            result = compile_package(
+                module,
+                spec.sample_inputs(device=plan.device),
+                tmp / name,
+                device=plan.device,
+                options=CONV2D_INDUCTOR_OPTIONS if swapped else None,
+            )
         spec.module.to("cpu")
         return name, {
             "build_s": round(result.build_s, 3),
