@@ -1,290 +1,317 @@
-"""Latency per stage and end to end for one build folder, with FLOPs and a roofline floor beside each.
+"""Latency per stage and end to end for several backends side by side, at batch 1 and the largest batch.
 
-At the build's longest batch-1 bucket: text encoding (uncached: a new prompt every run), all DiT
-steps of the default schedule (each at its budget, re-noising included), the VAE decoder, the
-mono-to-stereo model, and `Pipeline.generate` end to end, mono and stereo (a new prompt every run, so
-text encoding is included). Each row gives median, p90 and min (ms), the coefficient of variation
-(stdev / mean), the real-time factor RTF = audio seconds / median seconds, the stage's FLOPs
-(benchmarks.flops) and the achieved GFLOP/s. Timing uses CUDA events on a GPU, perf_counter on the
-CPU, after --warmup discarded runs.
+For each backend of --backends, at the build's longest batch-1 duration bucket (shared by all of
+them): text encoding (uncached: new prompts every run), all DiT steps of the default schedule (each
+at its budget, re-noising included), the VAE decoder, the mono-to-stereo model, and a whole
+generation end to end, mono and stereo (new prompts, so text encoding is included). Each row gives
+median, p90 and min (ms), the coefficient of variation (stdev / mean), the real-time factor
+RTF = audio seconds / median seconds, the stage's FLOPs (benchmarks.flops), the achieved GFLOP/s, a
+roofline floor, and on CUDA the stage's peak allocator memory. Timing uses CUDA events on a GPU,
+perf_counter on the CPU, after --warmup discarded runs. Backends (benchmarks.backends):
+
+    engines (default)  the build's auto backend, CUDA graph on CUDA
+    torch, torch-nograph, onnxruntime, tensorrt    one engine backend of the build
+    eager-fp32, eager-bf16    presto_ref's eager model from the manifest's config
+
+After each backend's block, "x faster than <first backend>" gives, per stage, the first backend's
+median over this one's at the same batch, both measured in this run.
+
+Largest batch (--max-batch; on by default on CUDA, off on the CPU): eager models search it with one
+stereo generation per trial, doubling from 1 up to --max-batch-limit and then bisecting, until one
+fails with torch.cuda.OutOfMemoryError; engines have static buckets, so the largest built batch that
+runs is taken (the JSON records that it was limited to the built buckets). Every stage is then timed
+again at that batch, and throughput = batch x duration / e2e stereo median, in audio s per s.
+
+Per (backend, batch), on CUDA: peak memory of each stage (torch's caching allocator: absolute, and
+above what was allocated before the stage; TensorRT's own activation memory is not seen), the
+e2e-stereo peak as the whole pipeline's, and the kernel launches of one stereo generation from a
+torch.profiler trace: launch API calls, CUDA graph launches and kernels run on the GPU.
 
 Roofline, measured on the same device in the same run: the dense matmul rate (bf16 on CUDA, fp32 on
 the CPU) and the copy bandwidth (bytes read + written). floor_ms = max(FLOPs / matmul rate,
-artifact bytes / bandwidth), where artifact bytes are the sizes of the engine files the stage runs
-(weights read once per call; activation traffic is not counted, so this is a lower bound);
+weight bytes / bandwidth), where weight bytes are the engine files (or eager parameters) the stage
+reads per call (activation traffic is not counted, so this is a lower bound);
 pct_of_floor = 100 x floor_ms / median_ms.
 
-Regression rule for --compare: a stage regresses when
+Regression rule for --compare, per (backend, batch, stage) present in both runs:
     median_new > median_base x (1 + max(5%, K x sqrt(cv_new^2 + cv_base^2)))
-with K = --threshold-sigmas, i.e. the slowdown must exceed both 5% and K combined run-to-run
-spreads. Exit 1 names each regressed stage; stages missing from either run are skipped.
+with K = --threshold-sigmas: the slowdown must exceed both 5% and K combined run-to-run spreads.
+Exit 1 names each regressed (backend, batch, stage); rows missing from either run are skipped.
 
-The last stdout line is one JSON document; --json PATH writes it with the environment added.
+Caveat: the runtime caches each prompt's text tokens and every run uses new prompts, so the cache of
+an engine backend grows during its text and end-to-end stages and counts in their memory peaks.
 
-TODO (GPU round): search the largest batch that fits per duration bucket; only batch 1 is timed.
+The last stdout line is one JSON document; --json PATH writes the same, environment included:
+    {model, device, duration_s, frames, step_budgets, config_hash, runs, warmup, max_batch_runs,
+     backends, roofline, max_batch: {backend: search} | null, environment: {gpu, gpu_driver, cuda,
+     torch, tensorrt, onnxruntime, git_commit, manifest_sha256, ...},
+     results: [{backend, kind, precision, cuda_graph, batch, batch_role, stages: {stage: row},
+                peak_memory_mib, kernel_launches, throughput_audio_s_per_s, speedup}]}
 
 examples:
   python -m benchmarks.latency --engines /tmp/x --device cpu --runs 5
-  python -m benchmarks.latency --engines artifacts/presto-ls --device cuda --json results.json
+  python -m benchmarks.latency --engines artifacts/presto-ls --device cuda --json results.json \\
+      --backends eager-fp32,eager-bf16,torch-nograph,torch --max-batch-runs 5
   python -m benchmarks.latency --engines artifacts/presto-ls --compare benchmarks/baselines/h100.json
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
-import platform
-import statistics
-import subprocess
+import logging
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks import flops as flops_mod
+from benchmarks.backends import Backend, open_backend, parse_backends
+from benchmarks.compare import compare, load_baseline
+from benchmarks.environment import environment
+from benchmarks.max_batch import BatchSearch, double_then_bisect, fits_in_memory, largest_fitting
+from benchmarks.measure import (
+    Timer,
+    device_memory_used_mib,
+    kernel_launches,
+    measure_device,
+    peak_memory,
+    prepare_profiler,
+    time_fn,
+)
+from benchmarks.report import format_report
+from runtime.errors import ArtifactError, InputError, PrestoError, ShapeError
+from runtime.manifest import Manifest
 
-PROMPT = "warm lofi hip hop with piano and vinyl crackle"
-BPM = 120.0
-MIN_REGRESSION = 0.05  # a slowdown below 5% never counts as a regression
+log = logging.getLogger("benchmarks.latency")
+
 STAGES = ("text_encoder", "dit_steps", "vae_decoder", "stereo", "e2e_mono", "e2e_stereo")
 
 
-# --- timing ---------------------------------------------------------------------------------------
+@dataclass
+class Settings:
+    """What every (backend, batch) block shares."""
+
+    config: dict[str, Any]
+    frames: int
+    duration_s: float
+    step_budgets: list[int]
+    timer: Timer
+    roofline: dict[str, float]
+    runs: int
+    warmup: int
 
 
-class Timer:
-    """Wall time of a callable in ms: CUDA events on a GPU, perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn: Callable[[], Any]) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end)
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
+# --- one backend at one batch ---------------------------------------------------------------------
 
 
-def summarize(times_ms: list[float]) -> dict[str, float]:
-    """median, p90 (nearest rank), min and coefficient of variation of a list of times."""
-    ordered = sorted(times_ms)
-    mean = statistics.fmean(ordered)
-    cv = statistics.stdev(ordered) / mean if len(ordered) > 1 and mean > 0 else 0.0
+def time_batch(backend: Backend, batch: int, s: Settings) -> dict[str, Any]:
+    """Every stage of `backend` at `batch`: timing, roofline, memory; then launches and throughput."""
+    dev = backend.device
+    stages = backend.stages(batch, s.frames)
+    stage_flops = flops_mod.pipeline_flops(s.config, batch, s.frames, s.step_budgets)
+    rows = {}
+    for name in STAGES:
+        log.info(
+            "%s batch %d: %s (%d warm-up + %d runs)", backend.name, batch, name, s.warmup, s.runs
+        )
+        with peak_memory(dev) as mem:
+            row = time_fn(s.timer, stages.calls[name], s.runs, s.warmup)
+        f, size = stage_flops[name], stages.bytes_read[name]
+        compute_ms = f / (s.roofline["matmul_gflops"] * 1e9) * 1e3
+        memory_ms = size / (s.roofline["copy_gbps"] * 1e9) * 1e3
+        floor_ms = max(compute_ms, memory_ms)
+        row.update(
+            rtf=s.duration_s / (row["median_ms"] * 1e-3),
+            flops=f,
+            gflops_per_s=f / (row["median_ms"] * 1e-3) / 1e9,
+            weight_bytes=size,
+            floor_ms=floor_ms,
+            pct_of_floor=100 * floor_ms / row["median_ms"],
+            **mem,
+        )
+        rows[name] = row
+    del stages  # its inputs are not needed for the launch count
+    if dev.type == "cuda":
+        log.info(
+            "%s batch %d: counting kernel launches of one stereo generation", backend.name, batch
+        )
+    launches = kernel_launches(lambda: backend.generate(batch, s.frames, stereo=True), dev)
+    e2e = rows["e2e_stereo"]
+    memory = None
+    if dev.type == "cuda":
+        memory = {
+            "pipeline_peak_mib": e2e["peak_mib"],
+            "pipeline_peak_above_start_mib": e2e["peak_above_start_mib"],
+            "device_used_mib": device_memory_used_mib(dev),
+        }
     return {
-        "median_ms": statistics.median(ordered),
-        "p90_ms": ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
-        "min_ms": ordered[0],
-        "cv": cv,
-        "runs": len(ordered),
+        "backend": backend.name,
+        **backend.describe(),
+        "batch": batch,
+        "stages": rows,
+        "peak_memory_mib": memory,
+        "kernel_launches": launches,
+        "throughput_audio_s_per_s": batch * s.duration_s / (e2e["median_ms"] * 1e-3),
     }
 
 
-def time_fn(timer: Timer, fn: Callable[[int], Any], runs: int, warmup: int) -> dict[str, float]:
-    """Call fn(i) warmup times untimed, then `runs` times timed; i counts every call."""
-    for i in range(warmup):
-        fn(i)
-    return summarize([timer(lambda i=i: fn(warmup + i)) for i in range(runs)])
+def find_max_batch(backend: Backend, frames: int, limit: int) -> BatchSearch:
+    """The largest batch whose stereo generation fits (see benchmarks.max_batch)."""
+
+    def fits(batch: int) -> bool:
+        ok = fits_in_memory(lambda: backend.generate(batch, frames, stereo=True), backend.device)
+        if not ok:
+            backend.reset()  # no engine or half-captured graph of the failed trial survives
+        return ok
+
+    built = backend.batch_candidates(frames)
+    if built is None:
+        return double_then_bisect(fits, limit, backend.name)
+    return largest_fitting(fits, [b for b in built if b <= limit] or built[:1], backend.name)
 
 
-def measure_device(device: torch.device, timer: Timer) -> dict[str, float]:
-    """Dense matmul rate (GFLOP/s) and copy bandwidth (GB/s, read + write) of this device."""
-    if device.type == "cuda":
-        n, dtype, copy_bytes, reps = 8192, torch.bfloat16, 1 << 30, 10
-    else:
-        n, dtype, copy_bytes, reps = 1024, torch.float32, 1 << 26, 3
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    torch.mm(a, b)  # warm-up (library init, autotuning)
-    mm_ms = min(timer(lambda: torch.mm(a, b)) for _ in range(reps))
-    src = torch.empty(copy_bytes // 4, device=device, dtype=torch.float32).fill_(1.0)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    copy_ms = min(timer(lambda: dst.copy_(src)) for _ in range(reps))
-    return {
-        "matmul_dtype": str(dtype).removeprefix("torch."),
-        "matmul_n": n,
-        "matmul_gflops": 2 * n**3 / (mm_ms * 1e-3) / 1e9,
-        "copy_gbps": 2 * copy_bytes / (copy_ms * 1e-3) / 1e9,
-    }
+# --- the whole run --------------------------------------------------------------------------------
 
 
-# --- the benchmark --------------------------------------------------------------------------------
+def choose_frames(backends: list[Backend], manifest: Manifest) -> int:
+    """The longest batch-1 bucket every engine backend has (any built one for eager-only runs)."""
+    built = {b.name: b.batch1_frames() for b in backends if b.batch1_frames() is not None}
+    if built:
+        common = set.intersection(*(set(f) for f in built.values()))
+        if not common:
+            have = "; ".join(f"{name}: {sorted(f) or 'none'}" for name, f in built.items())
+            raise ShapeError(
+                f"the engine backends share no batch-1 duration bucket (latent frames: {have}); "
+                f"rebuild them with the same `python -m export.build --durations-s` or benchmark "
+                f"them in separate runs"
+            )
+        return max(common)
+    dits = [a for a in manifest.artifacts if a.component == "dit"]
+    frames = [a.frames for a in dits if a.batch == 1] or [a.frames for a in dits]
+    if not frames:
+        raise ArtifactError(
+            "the build folder holds no DiT engine to take the benchmark duration from; rebuild "
+            "with `python -m export.build`"
+        )
+    return max(frames)
 
 
 def run_benchmark(
-    engines: Path, backend: str, device: str | None, runs: int, warmup: int
+    engines: Path,
+    backend_names: str,
+    device: str | None,
+    runs: int,
+    warmup: int,
+    max_batch: bool | None = None,
+    max_batch_limit: int = 256,
+    max_batch_runs: int | None = None,
+    checkpoint: Path | None = None,
+    init_seed: int = 0,
 ) -> dict[str, Any]:
-    """Time every stage and the whole chain at the build's longest batch-1 bucket."""
-    from runtime.pipeline import Pipeline
-    from runtime.schedule import draw_noise
-
-    pipe = Pipeline(engines, backend=backend, device=device)
-    m, dev = pipe.manifest, pipe.device
+    """Time every backend at batch 1 and (when searched) at its largest batch; the JSON document."""
+    specs = parse_backends(backend_names)
+    manifest = Manifest.load(engines)
+    # 1. Open every backend first: unavailable ones fail before anything is timed.
+    backends = [open_backend(sp, engines, manifest, device, checkpoint, init_seed) for sp in specs]
+    dev = backends[0].device
+    frames = choose_frames(backends, manifest)
+    duration_s = frames * manifest.hop_length / manifest.sample_rate
+    search = dev.type == "cuda" if max_batch is None else max_batch
     timer = Timer(dev)
-    frames = max(pipe.built_frames(1))
-    duration_s = frames * m.hop_length / m.sample_rate
-    sigmas, budgets = list(m.sampler.sigmas), list(m.sampler.step_budgets)
-    dits, decoder, m2s = pipe.chain_engines(1, frames, budgets, stereo=True)
-    sizes = {
-        "text_encoder": pipe.artifact("text_encoder", 1, None).size_bytes,
-        "dit_steps": sum(pipe.artifact("dit", 1, frames, b).size_bytes for b in budgets),
-        "vae_decoder": pipe.artifact("vae_decoder", 1, frames).size_bytes,
-        "stereo": pipe.artifact("stereo", 1, frames).size_bytes,
-    }
-    sizes["e2e_mono"] = sizes["text_encoder"] + sizes["dit_steps"] + sizes["vae_decoder"]
-    sizes["e2e_stereo"] = sizes["e2e_mono"] + sizes["stereo"]
-    stage_flops = flops_mod.pipeline_flops(m.config, 1, frames, budgets)
-
-    text, mask = pipe.encode_text([PROMPT])
-    noise = [z.to(dev) for z in draw_noise([0], (m.latent_channels, frames), len(sigmas))]
-    bpm = torch.full((1,), BPM, device=dev)
-    width = torch.ones(1, device=dev)
-    (x0,) = dits[budgets[-1]](noise[0], torch.ones(1, device=dev), text, mask, bpm)
-    (mono,) = decoder(x0)
-
-    def prompt(i: int) -> str:  # a new prompt each call defeats the pipeline's text cache
-        return f"{PROMPT} #{i}"
-
-    calls: dict[str, Callable[[int], Any]] = {
-        "text_encoder": lambda i: pipe.encode_text([prompt(i)]),
-        "dit_steps": lambda i: _dit_loop(dits, sigmas, budgets, text, mask, bpm, noise),
-        "vae_decoder": lambda i: decoder(x0),
-        "stereo": lambda i: m2s(mono, width),
-        "e2e_mono": lambda i: pipe.generate(
-            [prompt(10_000 + i)], seeds=[i], bpm=BPM, duration_s=duration_s, stereo=False
-        ),
-        "e2e_stereo": lambda i: pipe.generate(
-            [prompt(20_000 + i)], seeds=[i], bpm=BPM, duration_s=duration_s, stereo=True
-        ),
-    }
+    # 2. The profiler's first use (before any graph capture), the roofline rates, then each
+    #    backend in turn, releasing its memory before the next.
+    prepare_profiler(dev)
+    log.info("measuring the matmul rate and copy bandwidth of %s", dev)
     roof = measure_device(dev, timer)
-    rows = {}
-    for name in STAGES:
-        row = time_fn(timer, calls[name], runs, warmup)
-        f = stage_flops[name]
-        compute_ms = f / (roof["matmul_gflops"] * 1e9) * 1e3
-        memory_ms = sizes[name] / (roof["copy_gbps"] * 1e9) * 1e3
-        floor_ms = max(compute_ms, memory_ms)
-        row.update(
-            rtf=duration_s / (row["median_ms"] * 1e-3),
-            flops=f,
-            gflops_per_s=f / (row["median_ms"] * 1e-3) / 1e9,
-            artifact_bytes=sizes[name],
-            floor_ms=floor_ms,
-            pct_of_floor=100 * floor_ms / row["median_ms"],
-        )
-        rows[name] = row
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    s = Settings(
+        manifest.config,
+        frames,
+        duration_s,
+        list(manifest.sampler.step_budgets),
+        timer,
+        roof,
+        runs,
+        warmup,
+    )
+    s_max = dataclasses.replace(s, runs=max_batch_runs or runs)
+    results, searches = [], {}
+    for backend in backends:
+        log.info("%s: %s", backend.name, json.dumps(backend.describe()))
+        try:
+            with backend.running():
+                results.append({**time_batch(backend, 1, s), "batch_role": "batch-1"})
+                if search:
+                    backend.reset()
+                    found = find_max_batch(backend, frames, max_batch_limit)
+                    searches[backend.name] = found.to_json()
+                    if found.batch == 0:
+                        raise InputError(
+                            f"{backend.name}: not even batch 1 fits in the memory of {dev} at "
+                            f"{duration_s:.2f} s; free the GPU or benchmark a shorter bucket"
+                        )
+                    log.info("%s: largest batch %d", backend.name, found.batch)
+                    if found.batch > 1:
+                        row = time_batch(backend, found.batch, s_max)
+                        results.append({**row, "batch_role": "max"})
+        finally:
+            backend.close()
+    add_speedups(results)
     return {
-        "model": m.model_name,
-        "backend": pipe.backend,
+        "model": manifest.model_name,
         "device": str(dev),
-        "batch": 1,
-        "frames": frames,
         "duration_s": duration_s,
-        "step_budgets": budgets,
+        "frames": frames,
+        "step_budgets": s.step_budgets,
+        "config_hash": manifest.config_hash,
+        "runs": runs,
+        "warmup": warmup,
+        "max_batch_runs": s_max.runs if search else None,
+        "backends": [b.name for b in backends],
         "roofline": roof,
-        "stages": rows,
-        "config_hash": m.config_hash,
+        "max_batch": searches if search else None,
+        "results": results,
     }
 
 
-def _dit_loop(dits: dict, sigmas: list[float], budgets: list[int], text, mask, bpm, noise) -> None:
-    """The ping-pong loop of runtime.pipeline.run_chain without the decoder."""
-    x = sigmas[0] * noise[0]
-    for i, (sigma, budget) in enumerate(zip(sigmas, budgets)):
-        sigma_t = torch.full((1,), sigma, dtype=torch.float32, device=x.device)
-        (x0,) = dits[budget](x, sigma_t, text, mask, bpm)
-        if i + 1 < len(sigmas):
-            x = x0 + sigmas[i + 1] * noise[i + 1]
-
-
-# --- environment, table and comparison ------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Device name and library versions, and the git commit where git can tell it."""
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-    }
-    if device.type == "cuda":
-        env["cuda"] = torch.version.cuda
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        env["onnxruntime"] = None
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
+def add_speedups(results: list[dict[str, Any]]) -> None:
+    """Per row: the first backend's median over this row's, per stage, at the same batch."""
+    first = results[0]["backend"]
+    base = {r["batch"]: r for r in results if r["backend"] == first}
+    for row in results:
+        ref = base.get(row["batch"])
+        row["speedup"] = (
+            None
+            if ref is None
+            else {
+                "baseline_backend": first,
+                "stages": {
+                    name: ref["stages"][name]["median_ms"] / r["median_ms"]
+                    for name, r in row["stages"].items()
+                },
+            }
         )
-        env["git_commit"] = out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
-    return env
-
-
-def format_table(result: dict[str, Any]) -> str:
-    roof = result["roofline"]
-    lines = [
-        f"{result['model']} on {result['device']} ({result['backend']}), batch 1, "
-        f"{result['duration_s']:.3f} s = {result['frames']} frames, budgets {result['step_budgets']}",
-        f"measured: matmul {roof['matmul_gflops']:.1f} GFLOP/s ({roof['matmul_dtype']}), "
-        f"copy {roof['copy_gbps']:.1f} GB/s",
-        f"{'stage':<14}{'median':>10}{'p90':>10}{'min':>10}{'cv':>7}{'RTF':>9}"
-        f"{'GFLOP':>10}{'GFLOP/s':>10}{'floor':>10}{'%floor':>8}",
-    ]
-    for name, r in result["stages"].items():
-        lines.append(
-            f"{name:<14}{r['median_ms']:>10.2f}{r['p90_ms']:>10.2f}{r['min_ms']:>10.2f}"
-            f"{r['cv']:>7.2f}{r['rtf']:>9.1f}{r['flops'] / 1e9:>10.3f}{r['gflops_per_s']:>10.1f}"
-            f"{r['floor_ms']:>10.3f}{r['pct_of_floor']:>8.1f}"
-        )
-    lines.append("times in ms; RTF = audio seconds / median seconds; floor in ms")
-    return "\n".join(lines)
-
-
-def compare(current: dict[str, Any], baseline: dict[str, Any], k: float) -> list[str]:
-    """Stages whose median regressed (see the module docstring for the rule), with the numbers."""
-    regressed = []
-    for name, row in current["stages"].items():
-        base = baseline.get("stages", {}).get(name)
-        if base is None:
-            continue
-        allowed = max(MIN_REGRESSION, k * math.hypot(row["cv"], base["cv"]))
-        if row["median_ms"] > base["median_ms"] * (1 + allowed):
-            change = row["median_ms"] / base["median_ms"] - 1
-            regressed.append(
-                f"{name}: median {row['median_ms']:.2f} ms vs baseline {base['median_ms']:.2f} ms "
-                f"({change:+.1%}, allowed +{allowed:.1%})"
-            )
-    return regressed
 
 
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _user_errors() -> tuple[type[Exception], ...]:
+    """PrestoError of the runtime, and of presto_ref where it is importable (eager backends)."""
+    try:
+        from presto_ref.errors import PrestoError as RefError
+    except ImportError:
+        return (PrestoError,)
+    return (PrestoError, RefError)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.latency",
         description=__doc__,
@@ -292,16 +319,46 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--engines", type=Path, required=True, metavar="DIR", help="build folder")
     p.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "onnxruntime", "torch", "tensorrt"),
-        help="engine backend (default: auto)",
+        "--backends",
+        default="engines",
+        metavar="LIST",
+        help="comma-separated, timed in this order; ratios are against the first (default: "
+        "engines): engines, torch, torch-nograph, onnxruntime, tensorrt, eager-fp32, eager-bf16",
     )
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available"
     )
     p.add_argument("--runs", type=int, default=20, metavar="N", help="timed runs (default: 20)")
     p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs (default: 3)")
+    p.add_argument(
+        "--max-batch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also find and time the largest batch that fits (default: on CUDA only)",
+    )
+    p.add_argument(
+        "--max-batch-limit",
+        type=int,
+        default=256,
+        metavar="N",
+        help="largest batch tried (default: 256)",
+    )
+    p.add_argument(
+        "--max-batch-runs",
+        type=int,
+        metavar="N",
+        help="timed runs at the largest batch (default: --runs), to bound long large-batch stages",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", help="eager weights (default: random weights)"
+    )
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the eager random weights without --checkpoint (default: 0)",
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the result here")
     p.add_argument("--compare", type=Path, metavar="BASELINE.json", help="exit 1 on regression")
     p.add_argument(
@@ -311,28 +368,69 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="allowed slowdown in combined coefficients of variation (default: 3)",
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from runtime._cli import setup_logging
+
+    argv = sys.argv[1:] if argv is None else argv
+    p = build_parser()
     args = p.parse_args(argv)
     if args.runs < 2 or args.warmup < 0:
         p.error("--runs must be >= 2 (for a spread) and --warmup >= 0")
-
-    from runtime.errors import PrestoError
-
+    if args.max_batch_limit < 1:
+        p.error(f"--max-batch-limit {args.max_batch_limit} must be >= 1")
+    if args.max_batch_runs is not None and args.max_batch_runs < 2:
+        p.error(f"--max-batch-runs {args.max_batch_runs} must be >= 2 (for a spread)")
     try:
-        result = run_benchmark(args.engines, args.backend, args.device, args.runs, args.warmup)
-    except PrestoError as err:
+        specs = parse_backends(args.backends)
+    except ValueError as err:
+        p.error(f"--backends {args.backends}: {err}")
+    if args.checkpoint and not any(sp.kind == "eager" for sp in specs):
+        p.error("--checkpoint only applies to eager-fp32 / eager-bf16; add one to --backends")
+    setup_logging(args)
+    log.info("command: %s", json.dumps({"argv": argv, **vars(args)}, default=str))
+    start = time.perf_counter()
+    try:
+        baseline = load_baseline(args.compare) if args.compare else None
+        result = run_benchmark(
+            args.engines,
+            args.backends,
+            args.device,
+            args.runs,
+            args.warmup,
+            args.max_batch,
+            args.max_batch_limit,
+            args.max_batch_runs,
+            args.checkpoint,
+            args.init_seed,
+        )
+    except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
+        log.info("FAILED after %.1f s", time.perf_counter() - start)
         return 1
-    result["environment"] = environment(torch.device(result["device"]))
-    print(format_table(result))
+    result["environment"] = environment(torch.device(result["device"]), args.engines)
+    print(format_report(result, STAGES))
+    outputs = []
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+        outputs.append(str(args.json))
     status = 0
-    if args.compare:
-        regressed = compare(result, json.loads(args.compare.read_text()), args.threshold_sigmas)
+    if baseline is not None:
+        regressed = compare(result, baseline, args.threshold_sigmas)
         for line in regressed:
             print(f"REGRESSION {line}", file=sys.stderr)
         status = 1 if regressed else 0
     print(json.dumps(result))
+    log.info(
+        "%s in %.1f s%s",
+        "FAILED (regression)" if status else "OK",
+        time.perf_counter() - start,
+        f": {', '.join(outputs)}" if outputs else "",
+    )
     return status
 
 

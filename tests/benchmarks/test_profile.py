@@ -1,0 +1,42 @@
+"""Kernel classes and the per-stage summary of benchmarks.profile (names from real H100 profiles)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.profile import classify, summarize_kernels
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        (
+            "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x128",
+            "attention",
+        ),
+        ("nvjet_sm90_tst_256x136_64x4_2x1_v_bz_coopA_TNT", "gemm"),
+        (
+            "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64",
+            "convolution",
+        ),
+        ("void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>", "copy/layout"),
+        ("triton_poi_fused__unsafe_view_add_clone_convolution_div_mul_pow_sin_slice_18", "fused"),
+        ("triton_red_fused__to_copy__unsafe_view_add_mean_mm_mul_pow_rsqrt_split_21", "fused"),
+        ("triton_tem_fused_mm_0", "gemm"),
+        ("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float>>", "reduction"),
+        ("void at::native::vectorized_elementwise_kernel<8, silu>", "elementwise"),
+        ("some_new_kernel", "other"),
+    ],
+)
+def test_classify(name: str, label: str) -> None:
+    assert classify(name) == label
+
+
+def test_summary_adds_up() -> None:
+    events = [("nvjet_a", 1.0), ("nvjet_a", 1.0), ("triton_poi_fused_x", 0.5), ("fmha_fwd", 1.5)]
+    s = summarize_kernels(events, top=2)
+    assert s["kernel_ms"] == pytest.approx(4.0)
+    assert s["launches"] == 4
+    assert s["classes"]["gemm"] == {"ms": 2.0, "launches": 2, "share": 0.5}
+    assert list(s["classes"]) == ["gemm", "attention", "fused"]  # by time, descending
+    assert [t["kernel"] for t in s["top"]] == ["nvjet_a", "fmha_fwd"]
