@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.measure import Timer, time_fn
 from benchmarks.profile import format_profile, profile_call
 from export.spec import export_model, graph_for
 from export.torch_backend import compile_package
@@ -33,17 +33,8 @@ VARIANTS = {
 
 
 def time_ms(fn, runs: int = 20, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    return statistics.median(out)
+    """Median CUDA-event time of fn() in ms (benchmarks.measure's timer)."""
+    return time_fn(Timer(torch.device("cuda")), lambda i: fn(), runs, warmup)["median_ms"]
 
 
 def main() -> None:

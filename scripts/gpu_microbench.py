@@ -18,29 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from benchmarks.measure import Timer, time_fn
+
 dev = torch.device("cuda")
 bf16 = torch.bfloat16
 
 
 def time_ms(fn, runs: int = 20, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        torch.cuda.synchronize()
-        out.append(s.elapsed_time(e))
-    return statistics.median(out)
+    """Median CUDA-event time of fn() in ms (benchmarks.measure's timer)."""
+    return time_fn(Timer(torch.device("cuda")), lambda i: fn(), runs, warmup)["median_ms"]
 
 
 def gemms(report: dict) -> None:
