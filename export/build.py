@@ -3,8 +3,8 @@
 For every component (text encoder, DiT once per layer budget, VAE decoder, mono-to-stereo) and
 every (batch, duration) bucket: an ONNX file, a TensorRT or TensorRT-RTX engine built from it, and a
 PyTorch AOTInductor package, plus `manifest.json`, which describes them all. Everything is written
-into a temporary folder and moved into place at the end; artifacts of an earlier build in --out whose
-inputs did not change are reused.
+into a temporary folder and moved into place at the end; artifacts of an earlier build in --out (or in
+a --reuse-from folder) whose inputs, weights included, did not change are reused.
 
 examples:
   python -m export.build --preset tiny --out artifacts/tiny
@@ -12,11 +12,17 @@ examples:
       --compute-capabilities 8.0,8.6 --no-verify --out artifacts/presto-ls-bf16
   python -m export.build --checkpoint ckpt/ --backends torch --device cuda --precision bf16 \\
       --batch-sizes 1,4 --durations-s 10,32 --out artifacts/mine
+  # buckets built in parallel (separate processes or machines), then assembled into one folder
+  python -m export.build --backends torch --device cuda --batch-sizes 32 --out artifacts/b32 &
+  python -m export.build --backends torch --device cuda --batch-sizes 1 --out artifacts/b1; wait
+  python -m export.build --backends torch --device cuda --batch-sizes 1,32 --out artifacts/b1 \\
+      --reuse-from artifacts/b32
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import logging
@@ -73,6 +79,7 @@ class BuildPlan:
     compute_capabilities: tuple[str, ...]
     device: str
     verify: bool
+    reuse_from: tuple[Path, ...] = ()  # other build folders whose matching artifacts are taken
     rows: list[dict] = field(default_factory=list)  # the summary table
 
 
@@ -150,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-seed", type=int, default=0, help="seed of the random init without --checkpoint"
     )
+    p.add_argument(
+        "--reuse-from",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another build folder to take matching artifacts from instead of rebuilding them "
+        "(repeatable; e.g. buckets built in parallel)",
+    )
     add_logging_flags(p)
     return p
 
@@ -207,18 +223,30 @@ def resolve_plan(args: argparse.Namespace, model: Presto) -> BuildPlan:
         compute_capabilities=ccs,
         device=device,
         verify=args.verify,
+        reuse_from=tuple(args.reuse_from),
     )
 
 
 # --- reuse of an earlier build ---------------------------------------------------------------------
 
 
-def signature(plan: BuildPlan, backend: str, config_hash: str) -> dict:
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (name, dtype, shape, bytes), in state_dict order."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def signature(plan: BuildPlan, backend: str, config_hash: str, weights: str) -> dict:
     """Everything besides the spec that decides an artifact's bytes; equal signatures can be reused."""
     from export.onnx_export import OPSET
 
     sig = {
         "config_hash": config_hash,
+        "weights_sha256": weights,
         "opset": OPSET,
         "torch": torch.__version__,
         "toolkit": TOOLKIT_VERSION,
@@ -230,15 +258,44 @@ def signature(plan: BuildPlan, backend: str, config_hash: str) -> dict:
     return sig
 
 
-def reusable(old: Manifest | None, old_dir: Path, key: tuple, sig: dict) -> Artifact | None:
-    if old is None:
-        return None
-    for art in old.artifacts:
-        if art.key == key and art.build.get("signature") == sig:
-            path = old_dir / art.file
-            if path.is_file() and sha256_file(path) == art.sha256:
-                return art
+def reusable(
+    sources: list[tuple[Manifest, Path]], key: tuple, sig: dict
+) -> tuple[Artifact, Path] | None:
+    """The first (artifact, its folder) among `sources` with this key and signature, file intact."""
+    for manifest, folder in sources:
+        for art in manifest.artifacts:
+            if art.key == key and art.build.get("signature") == sig:
+                path = folder / art.file
+                if path.is_file() and sha256_file(path) == art.sha256:
+                    return art, folder
     return None
+
+
+def place(src: Path, dst: Path) -> None:
+    """Hard-link src to dst (instant for multi-GB packages), or copy it across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def reuse_sources(out: Path, others: tuple[Path, ...]) -> list[tuple[Manifest, Path]]:
+    """--out's earlier build (if readable), then each --reuse-from folder (which must be)."""
+    sources = []
+    old = load_previous(out)
+    if old is not None:
+        sources.append((old, out))
+    for folder in others:
+        if not (folder / MANIFEST_FILE).is_file():
+            raise ConfigError(
+                f"--reuse-from {folder}: no {MANIFEST_FILE} there; pass a folder written by "
+                f"`python -m export.build`"
+            )
+        try:
+            sources.append((Manifest.load(folder), folder))
+        except PrestoError as err:
+            raise ConfigError(f"--reuse-from {folder}: {err}") from err
+    return sources
 
 
 def load_previous(out: Path) -> Manifest | None:
@@ -408,7 +465,8 @@ def build(model: Presto, plan: BuildPlan, out: Path) -> Manifest:
     quiet_polygraphy(log.isEnabledFor(logging.DEBUG))
     cfg = model.config
     specs = make_specs(model, plan.precision, plan.batch_sizes, plan.frames, plan.budgets)
-    old = load_previous(out)
+    sources = reuse_sources(out, plan.reuse_from)
+    weights = weights_digest(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)
@@ -422,14 +480,16 @@ def build(model: Presto, plan: BuildPlan, out: Path) -> Manifest:
         steps = [(s, b) for s in specs for b in plan.backends]  # ONNX before the engines made of it
         for i, (spec, backend) in enumerate(steps, 1):
             key = (spec.component, backend, spec.precision, spec.budget, spec.batch, spec.frames)
-            sig = signature(plan, backend, cfg.config_hash())
-            prev = reusable(old, out, key, sig)
+            sig = signature(plan, backend, cfg.config_hash(), weights)
+            found = reusable(sources, key, sig)
+            prev = found[0] if found else None
             start = time.perf_counter()
-            if prev is not None:
+            if found is not None:
+                prev, folder = found
                 for name in [prev.file] + (
                     [prev.build["external_data"]["file"]] if "external_data" in prev.build else []
                 ):
-                    shutil.copy2(out / name, tmp / name)
+                    place(folder / name, tmp / name)
                 if backend == "onnx":
                     onnx_files[spec.name] = tmp / prev.file
                 file, details, reused = prev.file, dict(prev.build), True

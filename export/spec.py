@@ -182,7 +182,8 @@ def make_specs(
     """Specs for every component, DiT budget and (batch, frames) bucket.
 
     frames defaults to the config's maximum duration (1470 frames = 32 s for the paper presets);
-    budgets default to the distinct budgets of the config's schedule.
+    budgets default to the distinct budgets of the config's schedule. The text encoder is built at
+    batch 1 alone when 1 is among batch_sizes (the runtime uses no other then).
     """
     cfg = model.config
     frames = frames or (cfg.max_frames,)
@@ -206,8 +207,11 @@ def make_specs(
     S, D_text, C = cfg.text.max_tokens, cfg.text.d_model, cfg.dit.latent_channels
     f32, i64, boolean = torch.float32, torch.int64, torch.bool
     specs: list[ExportSpec] = []
+    # runtime.Pipeline encodes prompt by prompt (and caches each) with a batch-1 text encoder when
+    # the build has one, so a batch-B encoder beside it would never run: build it only without one.
+    text_batches = (1,) if 1 in batch_sizes else batch_sizes
     for B in batch_sizes:
-        if "text_encoder" in components:
+        if "text_encoder" in components and B in text_batches:
             specs.append(
                 ExportSpec(
                     "text_encoder",

@@ -118,6 +118,54 @@ def test_a_second_build_reuses_everything(small_build: Path, capsys) -> None:
     assert [a.sha256 for a in after.artifacts] == [a.sha256 for a in before.artifacts]
 
 
+def tiny_build(out: Path, *extra: str) -> list[str]:
+    """argv of a quick tiny ONNX build (1 s bucket, no ORT check) into `out`."""
+    return ["--preset", "tiny", "--backends", "onnx", "--durations-s", "1", "--no-verify",
+            "--out", str(out), "-q", *extra]  # fmt: skip
+
+
+def reused_count(capsys) -> int:
+    return capsys.readouterr().out.count("reused")
+
+
+def test_other_weights_are_rebuilt_not_reused(tmp_path: Path, capsys) -> None:
+    # Same config, other weights (a retrained checkpoint): reusing would ship the old engines.
+    out = tmp_path / "b"
+    assert main(tiny_build(out, "--init-seed", "0")) == 0
+    first = Manifest.load(out)
+    capsys.readouterr()
+    assert main(tiny_build(out, "--init-seed", "1")) == 0
+    assert reused_count(capsys) == 0
+    second = Manifest.load(out)
+    assert first.config_hash == second.config_hash
+    assert not {a.sha256 for a in first.artifacts} & {a.sha256 for a in second.artifacts}
+
+
+def test_buckets_built_apart_are_assembled_with_reuse_from(tmp_path: Path, capsys) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(tiny_build(one, "--batch-sizes", "1")) == 0
+    assert main(tiny_build(two, "--batch-sizes", "2")) == 0
+    capsys.readouterr()
+    assert main(tiny_build(one, "--batch-sizes", "1,2", "--reuse-from", str(two))) == 0
+    merged = Manifest.load(one)
+    merged.verify_files(one)
+    # batch 1: text encoder + 3 DiT budgets + VAE + stereo; batch 2 the same without its text
+    # encoder (two's batch-2 encoder is not taken: the batch-1 one serves every batch).
+    assert reused_count(capsys) == len(merged.artifacts) == 6 + 5
+    assert {a.batch for a in merged.find("text_encoder", "onnx")} == {1}
+    assert {a.batch for a in merged.find("dit", "onnx")} == {1, 2}
+    # The two folders are left as they were.
+    assert len(Manifest.load(two).find("text_encoder", "onnx")) == 1
+
+
+def test_reuse_from_a_folder_without_a_build(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(tiny_build(out, "--reuse-from", str(tmp_path / "nowhere"))) == 1
+    err = capsys.readouterr().err
+    assert "--reuse-from" in err and "no manifest.json there" in err
+    assert not out.exists()
+
+
 def test_bf16_export_keeps_fp32_io(tmp_path: Path) -> None:
     out = tmp_path / "bf16"
     assert (
