@@ -48,7 +48,8 @@ def compare(current: dict[str, Any], baseline: dict[str, Any], k: float) -> list
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
-    """A --json file of this harness; ArtifactError if missing, not JSON or of the old layout."""
+    """A finished --json file of this harness; ArtifactError if missing, not JSON, cut short or of
+    the old layout."""
     if not path.is_file():
         raise ArtifactError(f"--compare {path}: no such file; write one with --json {path}")
     try:
@@ -59,5 +60,10 @@ def load_baseline(path: Path) -> dict[str, Any]:
         raise ArtifactError(
             f"--compare {path} has no 'results' list (written by an older benchmarks.latency?); "
             f"write a new baseline with --json"
+        )
+    if data.get("complete") is False:  # files from before the flag existed are whole
+        raise ArtifactError(
+            f'--compare {path} is from a run that was cut short ("complete": false); use a '
+            f"finished run's --json as the baseline"
         )
     return data

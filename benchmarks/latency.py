@@ -20,7 +20,9 @@ Largest batch (--max-batch; on by default on CUDA, off on the CPU): eager models
 stereo generation per trial, doubling from 1 up to --max-batch-limit and then bisecting, until one
 fails with torch.cuda.OutOfMemoryError; engines have static buckets, so the largest built batch that
 runs is taken (the JSON records that it was limited to the built buckets). Every stage is then timed
-again at that batch, and throughput = batch x duration / e2e stereo median, in audio s per s.
+again at that batch (--max-batch-runs runs after --max-batch-warmup warm-ups: the search's last
+successful trial already ran a whole generation at that batch), and throughput = batch x duration /
+e2e stereo median, in audio s per s.
 
 Per (backend, batch), on CUDA: peak memory of each stage (torch's caching allocator: absolute, and
 above what was allocated before the stage; TensorRT's own activation memory is not seen), the
@@ -41,8 +43,10 @@ Exit 1 names each regressed (backend, batch, stage); rows missing from either ru
 Caveat: the runtime caches each prompt's text tokens and every run uses new prompts, so the cache of
 an engine backend grows during its text and end-to-end stages and counts in their memory peaks.
 
-The last stdout line is one JSON document; --json PATH writes the same, environment included:
-    {model, device, duration_s, frames, step_budgets, config_hash, runs, warmup, max_batch_runs,
+The last stdout line is one JSON document; --json PATH writes the same, environment included. The
+--json file is rewritten (atomically) after every row and search, with "complete": false until the
+run ends, so a run cut short keeps what it measured; --compare refuses such a file as a baseline.
+    {model, complete, device, duration_s, frames, step_budgets, config_hash, runs, warmup, max_batch_runs,
      backends, roofline, max_batch: {backend: search} | null, environment: {gpu, gpu_driver, cuda,
      torch, tensorrt, onnxruntime, git_commit, manifest_sha256, ...},
      results: [{backend, kind, precision, cuda_graph, batch, batch_role, stages: {stage: row},
@@ -61,8 +65,10 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,8 +218,13 @@ def run_benchmark(
     max_batch_runs: int | None = None,
     checkpoint: Path | None = None,
     init_seed: int = 0,
+    max_batch_warmup: int = 1,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Time every backend at batch 1 and (when searched) at its largest batch; the JSON document."""
+    """Time every backend at batch 1 and (when searched) at its largest batch; the JSON document.
+
+    on_progress, if given, receives the document so far (complete=False) after every row and search.
+    """
     specs = parse_backends(backend_names)
     manifest = Manifest.load(engines)
     # 1. Open every backend first: unavailable ones fail before anything is timed.
@@ -240,17 +251,44 @@ def run_benchmark(
         runs,
         warmup,
     )
-    s_max = dataclasses.replace(s, runs=max_batch_runs or runs)
-    results, searches = [], {}
+    s_max = dataclasses.replace(s, runs=max_batch_runs or runs, warmup=max_batch_warmup)
+    results: list[dict[str, Any]] = []
+    searches: dict[str, Any] = {}
+
+    def document(complete: bool) -> dict[str, Any]:
+        return {
+            "model": manifest.model_name,
+            "complete": complete,
+            "device": str(dev),
+            "duration_s": duration_s,
+            "frames": frames,
+            "step_budgets": s.step_budgets,
+            "config_hash": manifest.config_hash,
+            "runs": runs,
+            "warmup": warmup,
+            "max_batch_runs": s_max.runs if search else None,
+            "max_batch_warmup": s_max.warmup if search else None,
+            "backends": [b.name for b in backends],
+            "roofline": roof,
+            "max_batch": searches if search else None,
+            "results": results,
+        }
+
+    def progress() -> None:
+        if on_progress is not None:
+            on_progress(document(complete=False))
+
     for backend in backends:
         log.info("%s: %s", backend.name, json.dumps(backend.describe()))
         try:
             with backend.running():
                 results.append({**time_batch(backend, 1, s), "batch_role": "batch-1"})
+                progress()
                 if search:
                     backend.reset()
                     found = find_max_batch(backend, frames, max_batch_limit)
                     searches[backend.name] = found.to_json()
+                    progress()
                     if found.batch == 0:
                         raise InputError(
                             f"{backend.name}: not even batch 1 fits in the memory of {dev} at "
@@ -260,24 +298,11 @@ def run_benchmark(
                     if found.batch > 1:
                         row = time_batch(backend, found.batch, s_max)
                         results.append({**row, "batch_role": "max"})
+                        progress()
         finally:
             backend.close()
     add_speedups(results)
-    return {
-        "model": manifest.model_name,
-        "device": str(dev),
-        "duration_s": duration_s,
-        "frames": frames,
-        "step_budgets": s.step_budgets,
-        "config_hash": manifest.config_hash,
-        "runs": runs,
-        "warmup": warmup,
-        "max_batch_runs": s_max.runs if search else None,
-        "backends": [b.name for b in backends],
-        "roofline": roof,
-        "max_batch": searches if search else None,
-        "results": results,
-    }
+    return document(complete=True)
 
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
@@ -350,6 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="timed runs at the largest batch (default: --runs), to bound long large-batch stages",
     )
     p.add_argument(
+        "--max-batch-warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="untimed runs at the largest batch (default: 1; the search already ran one there)",
+    )
+    p.add_argument(
         "--checkpoint", type=Path, metavar="DIR", help="eager weights (default: random weights)"
     )
     p.add_argument(
@@ -373,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Replace `path` with `doc` atomically: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     from runtime._cli import setup_logging
 
@@ -385,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--max-batch-limit {args.max_batch_limit} must be >= 1")
     if args.max_batch_runs is not None and args.max_batch_runs < 2:
         p.error(f"--max-batch-runs {args.max_batch_runs} must be >= 2 (for a spread)")
+    if args.max_batch_warmup < 0:
+        p.error(f"--max-batch-warmup {args.max_batch_warmup} must be >= 0")
     try:
         specs = parse_backends(args.backends)
     except ValueError as err:
@@ -394,6 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
     log.info("command: %s", json.dumps({"argv": argv, **vars(args)}, default=str))
     start = time.perf_counter()
+    env: dict[str, Any] = {}
+
+    def with_environment(doc: dict[str, Any]) -> dict[str, Any]:
+        if not env:  # once: the git commit and manifest hash do not change during the run
+            env.update(environment(torch.device(doc["device"]), args.engines))
+        return {**doc, "environment": env}
+
+    def save_progress(doc: dict[str, Any]) -> None:
+        write_json(args.json, with_environment(doc))
+
     try:
         baseline = load_baseline(args.compare) if args.compare else None
         result = run_benchmark(
@@ -407,16 +458,18 @@ def main(argv: list[str] | None = None) -> int:
             args.max_batch_runs,
             args.checkpoint,
             args.init_seed,
+            args.max_batch_warmup,
+            save_progress if args.json else None,
         )
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         log.info("FAILED after %.1f s", time.perf_counter() - start)
         return 1
-    result["environment"] = environment(torch.device(result["device"]), args.engines)
+    result = with_environment(result)
     print(format_report(result, STAGES))
     outputs = []
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
         outputs.append(str(args.json))
     status = 0
     if baseline is not None:

@@ -1,7 +1,9 @@
 """The largest batch that fits in memory: searched for eager models, chosen among built buckets.
 
-A trial is one full stereo generation at the benchmark duration. It fails only on
-torch.cuda.OutOfMemoryError; anything else propagates. Memory is freed between trials.
+A trial is one full stereo generation at the benchmark duration. It fails only when memory ran
+out: torch.cuda.OutOfMemoryError, or any exception raised while the CUDA caching allocator counted a
+new out-of-memory event (AOTInductor packages report an allocation failure inside the package as a
+plain RuntimeError). Anything else propagates. Memory is freed between trials.
 
 - Eager models take any batch: `double_then_bisect` tries 1, 2, 4, ... up to a limit, then bisects
   between the last batch that fitted and the first that did not.
@@ -45,20 +47,37 @@ class BatchSearch:
         return out
 
 
+def oom_count(device: torch.device) -> int:
+    """Out-of-memory events the CUDA caching allocator has counted on `device` (0 on the CPU)."""
+    if device.type != "cuda":
+        return 0
+    return int(torch.cuda.memory_stats(device).get("num_ooms", 0))
+
+
 def fits_in_memory(run: Callable[[], Any], device: torch.device) -> bool:
-    """True if run() returns, False if it raised torch.cuda.OutOfMemoryError; frees memory after."""
+    """True if run() returns, False if it ran out of memory (see above); frees memory after."""
+    before = oom_count(device)
     try:
         run()
     except torch.cuda.OutOfMemoryError:
         ok = False
+    except Exception as err:
+        if oom_count(device) == before:
+            raise
+        log.info("out of memory, reported as %s: %s", type(err).__name__, str(err)[:200])
+        ok = False
     else:
         ok = True
-    # Outside the except block the traceback (and the tensors its frames hold) is released.
+    _release(device)  # outside the except block, where the traceback's frames are already gone
+    return ok
+
+
+def _release(device: torch.device) -> None:
+    """Free what a trial left: unreachable tensors, then the allocator's cached blocks."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-    return ok
 
 
 def _trial(search: BatchSearch, fits: Fits, batch: int, label: str) -> bool:

@@ -74,7 +74,7 @@ def check_rows(data: dict) -> None:
 
 def test_json_shape_and_rtf(result: tuple[dict, Path], build: Path) -> None:
     data, _ = result
-    assert data["frames"] == 46 and data["backends"] == ["engines"]
+    assert data["frames"] == 46 and data["backends"] == ["engines"] and data["complete"] is True
     assert data["max_batch"] is None  # not searched on the CPU unless asked
     assert data["roofline"]["matmul_gflops"] > 0 and data["roofline"]["copy_gbps"] > 0
     env = data["environment"]
@@ -137,6 +137,7 @@ def test_max_batch(side_by_side: dict) -> None:
     assert roles["eager-fp32", 2] == "max" and roles["onnxruntime", 1] == "batch-1"
     for row in side_by_side["results"]:  # --max-batch-runs 3 at the largest batch, --runs 2 else
         assert row["stages"]["vae_decoder"]["runs"] == (3 if row["batch"] == 2 else 2)
+    assert side_by_side["max_batch_runs"] == 3 and side_by_side["max_batch_warmup"] == 1
 
 
 def test_table_shows_blocks_and_ratios(side_by_side: dict) -> None:
@@ -216,6 +217,29 @@ def test_only_out_of_memory_counts_as_not_fitting() -> None:
         fits_in_memory(bug, cpu)
 
 
+def test_a_wrapped_out_of_memory_counts_when_the_allocator_saw_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AOTInductor turns an OOM inside a package into RuntimeError; the allocator's count tells."""
+    from benchmarks import max_batch
+
+    ooms = [0]
+    monkeypatch.setattr(max_batch, "oom_count", lambda device: ooms[0])
+
+    def package_oom() -> None:
+        ooms[0] += 1  # what the caching allocator records before the package wraps the error
+        raise RuntimeError("run_func_(...) API call failed at model_container_runner.cpp")
+
+    def package_bug() -> None:
+        raise RuntimeError("run_func_(...) API call failed at model_container_runner.cpp")
+
+    cuda = torch.device("cuda", 0)  # only handed to the patched counter; nothing touches a GPU
+    monkeypatch.setattr(max_batch, "_release", lambda device: None)
+    assert fits_in_memory(package_oom, cuda) is False
+    with pytest.raises(RuntimeError, match="API call failed"):
+        fits_in_memory(package_bug, cuda)
+
+
 def test_count_launches() -> None:
     api = [
         "aten::mm",
@@ -285,6 +309,31 @@ def test_eager_without_presto_ref(
     assert latency.main(["--engines", str(build), *FAST, "--backends", "eager-bf16"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: backend eager-bf16 needs presto_ref")
+
+
+def test_a_run_cut_short_keeps_its_rows_and_is_no_baseline(
+    build: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash (or a job's time limit) in the second backend: the first one's rows are on disk."""
+    from benchmarks import backends
+
+    def crash(self, batch: int, frames: int):
+        raise RuntimeError("simulated crash in the second backend")
+
+    monkeypatch.setattr(backends.EagerBackend, "stages", crash)
+    path = tmp_path / "run.json"
+    argv = ["--engines", str(build), *FAST, "--backends", "onnxruntime,eager-fp32"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        latency.main([*argv, "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert data["complete"] is False and data["environment"]["manifest_sha256"]
+    assert [(r["backend"], r["batch"]) for r in data["results"]] == [("onnxruntime", 1)]
+    check_rows(data)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert latency.main(["--engines", str(build), *FAST, "--compare", str(path)]) == 1
+    assert "cut short" in capsys.readouterr().err
 
 
 def test_baseline_of_the_old_layout(
