@@ -1,18 +1,55 @@
 #!/usr/bin/env bash
-# One device call: the bf16 torch packages at batch 1 and at batch $BIG, then benchmarks.latency at
-# batch 1 and at the largest built batch that runs (with peak memory and kernel launches).
-# Usage there (device tool, carry .whl): BIG=16 bash scripts/gpu_max_batch_round.sh
+# The max-batch table on the device tool's GPU, in calls that each fit its 600 s limit. Builds stay
+# on the machine between calls (ignored paths are kept while it is warm), so run the phases back to
+# back. Carry .whl in every call.
+#
+#   PHASE=build bash scripts/gpu_max_batch_round.sh
+#       the bf16 torch packages, one process per batch bucket of $BUCKETS in parallel, each into
+#       artifacts/h100-b<N>, then assembled into artifacts/h100-max with --reuse-from (hard links)
+#   PHASE=bench BACKENDS=torch,torch-nograph,eager-bf16,eager-fp32 bash scripts/gpu_max_batch_round.sh
+#       benchmarks.latency on artifacts/h100-max at batch 1 and at the largest batch that fits;
+#       $OUT/latency-<tag>.json is rewritten after every row, so a run cut short keeps its rows
 set -uo pipefail
 OUT=${OUT:-gpu-out}
-BIG=${BIG:-16}
+PHASE=${PHASE:?set PHASE=build or PHASE=bench}
+BUCKETS=${BUCKETS:-1 32 64}
+BACKENDS=${BACKENDS:-torch,torch-nograph,eager-bf16,eager-fp32}
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-520}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-560}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
   && export PYTHONPATH="/tmp/site:$PWD" || exit 1
 export PYTHONUNBUFFERED=1 CXX=/usr/bin/g++
 quiet() { grep -v -E "torchvision|LeafSpec|return cls|UserWarning|warnings.warn|_warn_once"; }
-python3 -m export.build --preset presto-ls --backends torch --device cuda --precision bf16 \
-  --batch-sizes "1,$BIG" --no-verify --out /tmp/big 2>&1 | quiet | grep -E "built in|OK in|rror" \
-  | tee "$OUT/build-big.log"
-python3 -m benchmarks.latency --engines /tmp/big --backends torch --max-batch ${LATENCY_FLAGS:-} \
-  --json "$OUT/latency-max-batch.json" 2>"$OUT/latency-max-batch.log" | quiet | head -40
-tail -4 "$OUT/latency-max-batch.log"
+BUILD=(python3 -m export.build --preset presto-ls --backends torch --device cuda --precision bf16
+       --no-verify)
+
+if [ "$PHASE" = build ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  start=$(date +%s)
+  for b in $BUCKETS; do
+    ( timeout "$BUILD_TIMEOUT" "${BUILD[@]}" --batch-sizes "$b" --out "artifacts/h100-b$b" 2>&1 \
+        | quiet | grep -E "built in|OK in|rror|FAILED" > "$OUT/build-b$b.log"
+      echo "batch $b: exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" >> "$OUT/build-b$b.log"
+    ) &
+  done
+  wait
+  tail -n 2 "$OUT"/build-b*.log
+  reuse=()
+  for b in $BUCKETS; do reuse+=(--reuse-from "artifacts/h100-b$b"); done
+  "${BUILD[@]}" --batch-sizes "$(echo $BUCKETS | tr ' ' ,)" --out artifacts/h100-max "${reuse[@]}" \
+    2>&1 | quiet | tail -n 25 | tee "$OUT/assemble.log"
+  echo "build phase: $(( $(date +%s) - start )) s"
+  df -h . | tail -1
+elif [ "$PHASE" = bench ]; then
+  tag=$(echo "$BACKENDS" | tr , -)
+  timeout "$BENCH_TIMEOUT" python3 -m benchmarks.latency --engines artifacts/h100-max \
+    --backends "$BACKENDS" --device cuda --max-batch --runs ${RUNS:-10} \
+    --max-batch-runs ${MAX_BATCH_RUNS:-5} --json "$OUT/latency-$tag.json" \
+    2>"$OUT/latency-$tag.log" | quiet | head -n -1
+  echo "benchmarks.latency exit ${PIPESTATUS[0]}"
+  grep -E "max-batch trial|largest batch|out of memory|FAILED|OK in|rror" "$OUT/latency-$tag.log" | tail -n 30
+else
+  echo "PHASE=$PHASE: expected build or bench" >&2
+  exit 2
+fi
