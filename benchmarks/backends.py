@@ -127,6 +127,7 @@ class Backend(Protocol):
     def stages(self, batch: int, frames: int) -> Stages: ...
     def generate(self, batch: int, frames: int, stereo: bool) -> None: ...
     def reset(self) -> None: ...
+    def release_graphs(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -271,6 +272,11 @@ class EngineBackend:
             pipe.artifact("stereo", batch, frames).size_bytes,
         )
         return Stages(calls, sizes)
+
+    def release_graphs(self) -> None:
+        """Drop the captured graphs' memory pools and return cached blocks to the driver."""
+        self.pipe.release_graphs()
+        _free(self.device)
 
     def reset(self) -> None:
         """Drop every loaded engine and captured graph, then reopen the build."""
@@ -431,6 +437,9 @@ class EagerBackend:
 
     def reset(self) -> None:
         _free(self.device)  # the model holds no per-batch state
+
+    def release_graphs(self) -> None:
+        _free(self.device)  # no graphs; cached blocks go back to the driver
 
     def close(self) -> None:
         self._model = None

@@ -82,6 +82,17 @@ class Pipeline:
         self._graphs: dict[tuple, CapturedChain] = {}
         self._lock = threading.Lock()
 
+    def release_graphs(self) -> int:
+        """Drop every captured CUDA graph and its private memory pool; returns how many.
+
+        Each (batch, frames, schedule, stereo) chain keeps a pool as large as its peak working set,
+        which at large batches is most of the GPU. The next generate() of a chain captures it again.
+        """
+        with self._lock:
+            n = len(self._graphs)
+            self._graphs.clear()
+        return n
+
     # --- choosing artifacts ---
 
     def _choose_backend(self, backend: str) -> str:
