@@ -79,7 +79,14 @@ from benchmarks import flops as flops_mod
 from benchmarks.backends import Backend, open_backend, parse_backends
 from benchmarks.compare import compare, load_baseline
 from benchmarks.environment import environment
-from benchmarks.max_batch import BatchSearch, double_then_bisect, fits_in_memory, largest_fitting
+from benchmarks.max_batch import (
+    BatchSearch,
+    double_then_bisect,
+    fits_in_memory,
+    largest_fitting,
+    oom_count,
+    ran_out_of_memory,
+)
 from benchmarks.measure import (
     Timer,
     device_memory_used_mib,
@@ -183,6 +190,28 @@ def find_max_batch(backend: Backend, frames: int, limit: int) -> BatchSearch:
     if built is None:
         return double_then_bisect(fits, limit, backend.name)
     return largest_fitting(fits, [b for b in built if b <= limit] or built[:1], backend.name)
+
+
+def time_largest(backend: Backend, found: BatchSearch, s: Settings) -> dict[str, Any] | None:
+    """time_batch at the search's batch, stepping down through the batches that fitted (and the
+    built buckets below) while timing runs out of memory; None when only batch 1 is left."""
+    candidates = {t["batch"] for t in found.trials if t["fits"]}
+    candidates |= set(backend.batch_candidates(s.frames) or ())
+    while found.batch > 1:
+        backend.reset()  # the last trial's graph and engines: see time_batch
+        before = oom_count(backend.device)
+        try:
+            return time_batch(backend, found.batch, s)
+        except Exception as err:
+            if not ran_out_of_memory(err, before, backend.device):
+                raise
+        log.warning(
+            "%s: timing every stage at batch %d ran out of memory; stepping down",
+            backend.name,
+            found.batch,
+        )
+        found.step_down(candidates)
+    return None
 
 
 # --- the whole run --------------------------------------------------------------------------------
@@ -299,11 +328,11 @@ def run_benchmark(
                             f"{duration_s:.2f} s; free the GPU or benchmark a shorter bucket"
                         )
                     log.info("%s: largest batch %d", backend.name, found.batch)
-                    if found.batch > 1:
-                        backend.reset()  # the last trial's graph and engines: see time_batch
-                        row = time_batch(backend, found.batch, s_max)
+                    row = time_largest(backend, found, s_max)
+                    if row is not None:
                         results.append({**row, "batch_role": "max"})
-                        progress()
+                    searches[backend.name] = found.to_json()
+                    progress()
         finally:
             backend.close()
     add_speedups(results)

@@ -35,6 +35,15 @@ class BatchSearch:
     trials: list[dict[str, Any]] = field(default_factory=list)  # {"batch": int, "fits": bool}
     limit: int | None = None  # --max-batch-limit (double-then-bisect)
     built_batches: list[int] | None = None  # the candidates (largest-built-bucket)
+    # Batches where one generation fitted but timing every stage ran out of memory (the stages
+    # hold each other's inputs, and the allocator fragments); `batch` is then the next that fitted.
+    timing_out_of_memory: list[int] = field(default_factory=list)
+
+    def step_down(self, candidates: Sequence[int]) -> int:
+        """Record that timing at `batch` ran out of memory; the next smaller candidate (0: none)."""
+        self.timing_out_of_memory.append(self.batch)
+        self.batch = max((b for b in candidates if b < self.batch), default=0)
+        return self.batch
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "batch": self.batch, "trials": self.trials}
@@ -44,6 +53,8 @@ class BatchSearch:
         if self.built_batches is not None:
             out["limited_to_built_buckets"] = True
             out["built_batches"] = self.built_batches
+        if self.timing_out_of_memory:
+            out["timing_out_of_memory"] = self.timing_out_of_memory
         return out
 
 
@@ -54,17 +65,24 @@ def oom_count(device: torch.device) -> int:
     return int(torch.cuda.memory_stats(device).get("num_ooms", 0))
 
 
+def ran_out_of_memory(err: BaseException, ooms_before: int, device: torch.device) -> bool:
+    """Whether `err` means memory ran out: its type, or a new allocator OOM event since ooms_before."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    if isinstance(err, Exception) and oom_count(device) > ooms_before:
+        log.info("out of memory, reported as %s: %s", type(err).__name__, str(err)[:200])
+        return True
+    return False
+
+
 def fits_in_memory(run: Callable[[], Any], device: torch.device) -> bool:
     """True if run() returns, False if it ran out of memory (see above); frees memory after."""
     before = oom_count(device)
     try:
         run()
-    except torch.cuda.OutOfMemoryError:
-        ok = False
     except Exception as err:
-        if oom_count(device) == before:
+        if not ran_out_of_memory(err, before, device):
             raise
-        log.info("out of memory, reported as %s: %s", type(err).__name__, str(err)[:200])
         ok = False
     else:
         ok = True

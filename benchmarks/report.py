@@ -90,6 +90,8 @@ def format_max_batch(searches: dict[str, Any] | None) -> list[str]:
             if s.get("limited_to_built_buckets")
             else f"searched up to {s['limit']}" + (" (the limit)" if s["hit_limit"] else "")
         )
+        if s.get("timing_out_of_memory"):
+            where += f"; timing every stage ran out of memory at {s['timing_out_of_memory']}"
         lines.append(f"  {name}: {s['batch']}, {where}; trials: {tried}")
     return lines
 

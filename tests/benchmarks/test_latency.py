@@ -191,6 +191,33 @@ def test_out_of_memory_trials(build: Path, tmp_path: Path, monkeypatch: pytest.M
     assert eager3["speedup"] is None  # the first backend has no batch-3 row to compare with
 
 
+def test_timing_out_of_memory_steps_down(
+    build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One generation fits at 4, but timing every stage there does not: the row is at 2, the next
+    batch whose generation was seen to fit."""
+    from benchmarks import backends
+
+    stages = backends.EagerBackend.stages
+
+    def tight(self, batch: int, frames: int):
+        if batch > 3:
+            raise torch.cuda.OutOfMemoryError(f"simulated: stages at batch {batch}")
+        return stages(self, batch, frames)
+
+    monkeypatch.setattr(backends.EagerBackend, "stages", tight)
+    path = tmp_path / "run.json"
+    argv = ["--engines", str(build), *FAST, "--backends", "eager-fp32", "--max-batch"]
+    assert latency.main([*argv, "--max-batch-limit", "4", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    search = data["max_batch"]["eager-fp32"]
+    assert [t["batch"] for t in search["trials"]] == [1, 2, 4]  # every generation fitted
+    assert search["batch"] == 2 and search["timing_out_of_memory"] == [4]  # 3 was never tried
+    assert [r["batch"] for r in data["results"]] == [1, 2]
+    assert data["complete"] is True
+    check_rows(data)
+
+
 def test_max_batch_search_rules() -> None:
     s = double_then_bisect(lambda b: b <= 37, 256)
     assert s.batch == 37
