@@ -40,6 +40,24 @@ def _run(argv: list[str], cwd: Path | None = None) -> str | None:
     return lines[0].strip() if lines else None
 
 
+def git_dirty(repo: Path) -> bool | None:
+    """Whether tracked files differ from HEAD; None without git or outside a repository."""
+    if shutil.which("git") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("git status failed (%s); recording null", err)
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def gpu_driver_version() -> str | None:
     """The NVIDIA driver version from nvidia-smi (the first GPU's), or None without nvidia-smi."""
     return _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
@@ -68,9 +86,11 @@ def onnxruntime_version() -> str | None:
 
 
 def environment(device: torch.device, engines: Path) -> dict[str, Any]:
-    """Device name, driver, library versions, git commit and the build's manifest sha256."""
+    """Device name, driver, library versions, git commit (and whether tracked files differ from it)
+    and the build's manifest sha256."""
     cuda = device.type == "cuda"
     trt_module, trt = tensorrt_version()
+    here = Path(__file__).resolve().parent
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -82,6 +102,8 @@ def environment(device: torch.device, engines: Path) -> dict[str, Any]:
         "tensorrt": trt,
         "tensorrt_module": trt_module,
         "onnxruntime": onnxruntime_version(),
-        "git_commit": _run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent),
+        "git_commit": _run(["git", "rev-parse", "HEAD"], cwd=here),
+        # Tracked files differing from that commit: the code that ran is not the commit alone.
+        "git_dirty": git_dirty(here),
         "manifest_sha256": sha256_file(engines / MANIFEST_FILE),
     }

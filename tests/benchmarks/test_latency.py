@@ -80,7 +80,7 @@ def test_json_shape_and_rtf(result: tuple[dict, Path], build: Path) -> None:
     env = data["environment"]
     assert env["torch"] and data["config_hash"]
     assert env["manifest_sha256"] == sha256_file(build / "manifest.json")
-    for key in ("gpu", "gpu_driver", "cuda", "tensorrt", "onnxruntime", "git_commit"):
+    for key in ("gpu", "gpu_driver", "cuda", "tensorrt", "onnxruntime", "git_commit", "git_dirty"):
         assert key in env, key
     (row,) = data["results"]
     assert row["backend"] == "engines" and row["runtime_backend"] == "onnx" and row["batch"] == 1
