@@ -12,9 +12,9 @@ examples:
       --compute-capabilities 8.0,8.6 --no-verify --out artifacts/presto-ls-bf16
   python -m export.build --checkpoint ckpt/ --backends torch --device cuda --precision bf16 \\
       --batch-sizes 1,4 --durations-s 10,32 --out artifacts/mine
-  # buckets built in parallel (separate processes or machines), then assembled into one folder
-  python -m export.build --backends torch --device cuda --batch-sizes 32 --out artifacts/b32 &
-  python -m export.build --backends torch --device cuda --batch-sizes 1 --out artifacts/b1; wait
+  # buckets built apart (separate jobs or machines with the same GPU), then assembled by hard links;
+  # builds sharing one GPU autotune under contention and come out slower (README)
+  python -m export.build --backends torch --device cuda --batch-sizes 32 --out artifacts/b32
   python -m export.build --backends torch --device cuda --batch-sizes 1,32 --out artifacts/b1 \\
       --reuse-from artifacts/b32
 """
