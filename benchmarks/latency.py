@@ -52,7 +52,13 @@ run ends, so a run cut short keeps what it measured; --compare refuses such a fi
      results: [{backend, kind, precision, cuda_graph, batch, batch_role, stages: {stage: row},
                 peak_memory_mib, kernel_launches, throughput_audio_s_per_s, speedup}]}
 
+With --preset NAME, export.build first builds (or reuses, when nothing changed) what --backends
+needs into --engines (default artifacts/NAME-DEVICE-PRECISION): torch packages for the device,
+ONNX files for onnxruntime, TensorRT engines for tensorrt; --precision, --batch-sizes and
+--durations-s choose the buckets (benchmarks.prepare).
+
 examples:
+  python -m benchmarks.latency --preset tiny --device cpu --runs 5
   python -m benchmarks.latency --engines /tmp/x --device cpu --runs 5
   python -m benchmarks.latency --engines artifacts/presto-ls --device cuda --json results.json \\
       --backends eager-fp32,eager-bf16,torch-nograph,torch --max-batch-runs 5
@@ -96,6 +102,7 @@ from benchmarks.measure import (
     prepare_profiler,
     time_fn,
 )
+from benchmarks.prepare import build_for
 from benchmarks.report import format_report
 from runtime.errors import ArtifactError, InputError, PrestoError, ShapeError
 from runtime.manifest import Manifest
@@ -376,7 +383,34 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--engines", type=Path, required=True, metavar="DIR", help="build folder")
+    p.add_argument(
+        "--engines",
+        type=Path,
+        metavar="DIR",
+        help="build folder (with --preset: built there first; default artifacts/PRESET-DEVICE)",
+    )
+    p.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="first build (or reuse) what --backends needs for this preset with export.build",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("bf16", "fp32"),
+        help="with --preset: the build's precision (default: bf16 on CUDA, fp32 on the CPU)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        default="1",
+        metavar="LIST",
+        help="with --preset: batch buckets to build (default: 1); the largest bounds --max-batch "
+        "for engines",
+    )
+    p.add_argument(
+        "--durations-s",
+        metavar="LIST",
+        help="with --preset: duration buckets in seconds (default: the preset's maximum)",
+    )
     p.add_argument(
         "--backends",
         default="engines",
@@ -460,6 +494,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--max-batch-runs {args.max_batch_runs} must be >= 2 (for a spread)")
     if args.max_batch_warmup < 0:
         p.error(f"--max-batch-warmup {args.max_batch_warmup} must be >= 0")
+    if args.preset is None:
+        if args.engines is None:
+            p.error("give --engines DIR (a build folder), or --preset NAME to build one first")
+        given = [f for f in ("precision", "durations_s") if getattr(args, f) is not None]
+        if args.batch_sizes != "1":
+            given.append("batch_sizes")
+        if given:
+            flags = ", ".join("--" + f.replace("_", "-") for f in given)
+            p.error(f"{flags} only apply with --preset (they choose what is built)")
     try:
         specs = parse_backends(args.backends)
     except ValueError as err:
@@ -481,6 +524,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         baseline = load_baseline(args.compare) if args.compare else None
+        if args.preset is not None:
+            device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            precision = args.precision or ("bf16" if device == "cuda" else "fp32")
+            if args.engines is None:
+                args.engines = Path("artifacts") / f"{args.preset}-{device}-{precision}"
+            build_for(
+                args.preset,
+                args.engines,
+                specs,
+                device,
+                precision,
+                args.batch_sizes,
+                args.durations_s,
+                ["-q"] if args.quiet else ["-v"] if args.verbose else [],
+            )
         result = run_benchmark(
             args.engines,
             args.backends,

@@ -17,7 +17,7 @@ from benchmarks import latency
 from benchmarks.compare import compare
 from benchmarks.max_batch import double_then_bisect, fits_in_memory, largest_fitting
 from benchmarks.measure import count_launches
-from runtime.manifest import sha256_file
+from runtime.manifest import Manifest, sha256_file
 
 pytest.importorskip("onnxruntime")
 
@@ -306,6 +306,7 @@ def test_count_launches() -> None:
         (["--backends", "onnxruntime,tensorflow"], "unknown backend 'tensorflow'"),
         (["--backends", "torch,torch"], "backend torch is listed twice"),
         (["--checkpoint", "ckpt"], "--checkpoint only applies to eager-fp32 / eager-bf16"),
+        (["--batch-sizes", "1,4"], "--batch-sizes only apply with --preset"),
     ],
 )
 def test_usage_errors(
@@ -315,6 +316,44 @@ def test_usage_errors(
         latency.main(["--engines", str(build), *FAST, *extra])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_neither_engines_nor_preset(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        latency.main(FAST)
+    assert exc.value.code == 2
+    assert "give --engines DIR (a build folder), or --preset NAME" in capsys.readouterr().err
+
+
+def test_preset_builds_what_the_backends_need_then_reuses_it(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "tiny"
+    argv = ["--preset", "tiny", "--durations-s", "1", "--engines", str(folder), *FAST]
+    argv += ["--backends", "onnxruntime,eager-fp32", "--json", str(tmp_path / "run.json")]
+    assert latency.main(argv) == 0
+    manifest = Manifest.load(folder)
+    assert {a.backend for a in manifest.artifacts} == {"onnx"}  # ORT runs the ONNX files
+    assert {a.precision for a in manifest.artifacts} == {"fp32"}  # the CPU default
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["complete"] and [r["backend"] for r in data["results"]] == [
+        "onnxruntime",
+        "eager-fp32",
+    ]
+    capsys.readouterr()
+    assert latency.main(argv) == 0  # the second run rebuilds nothing
+    assert Manifest.load(folder).artifacts == manifest.artifacts
+
+
+def test_build_backends_for_each_benchmark_backend() -> None:
+    from benchmarks.backends import parse_backends
+    from benchmarks.prepare import build_backends
+
+    def for_(names: str, device: str) -> list[str]:
+        return build_backends(parse_backends(names), device)
+
+    assert for_("engines", "cuda") == ["torch"] and for_("engines", "cpu") == ["onnx"]
+    assert for_("torch,torch-nograph,eager-bf16", "cuda") == ["torch"]
+    assert for_("onnxruntime,tensorrt", "cpu") == ["onnx", "tensorrt"]
+    assert for_("eager-fp32", "cpu") == ["onnx"]  # only a manifest is needed: the cheapest build
 
 
 def test_checkpoint_of_another_config(
