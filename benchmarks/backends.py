@@ -17,7 +17,6 @@ since that is what the runtime runs), a new prompt per text encoding, and stereo
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import logging
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from benchmarks.measure import free_memory
 from runtime.errors import ArtifactError, BackendUnavailable, ShapeError
 from runtime.manifest import Manifest
 from runtime.schedule import draw_noise
@@ -143,13 +143,6 @@ def open_backend(
     if spec.kind == "engines":
         return EngineBackend(spec, folder, device)
     return EagerBackend(spec, manifest, device, checkpoint, init_seed)
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
 
 
 def _stage_bytes(text: int, dit_steps: int, decoder: int, stereo: int) -> dict[str, int]:
@@ -276,17 +269,17 @@ class EngineBackend:
     def release_graphs(self) -> None:
         """Drop the captured graphs' memory pools and return cached blocks to the driver."""
         self.pipe.release_graphs()
-        _free(self.device)
+        free_memory(self.device)
 
     def reset(self) -> None:
         """Drop every loaded engine and captured graph, then reopen the build."""
         self.pipe = None
-        _free(self.device)
+        free_memory(self.device)
         self.pipe = self._open()
 
     def close(self) -> None:
         self.pipe = None
-        _free(self.device)
+        free_memory(self.device)
 
 
 # --- the eager reference --------------------------------------------------------------------------
@@ -436,14 +429,14 @@ class EagerBackend:
         return Stages(calls, sizes)
 
     def reset(self) -> None:
-        _free(self.device)  # the model holds no per-batch state
+        free_memory(self.device)  # the model holds no per-batch state
 
     def release_graphs(self) -> None:
-        _free(self.device)  # no graphs; cached blocks go back to the driver
+        free_memory(self.device)  # no graphs; cached blocks go back to the driver
 
     def close(self) -> None:
         self._model = None
-        _free(self.device)
+        free_memory(self.device)
 
 
 def _nbytes(module: nn.Module) -> int:

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 TENSORRT_MODULES = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")
 
 
-def _run(argv: list[str], cwd: Path | None = None) -> str | None:
-    """First line of a tool's stdout, or None when it is missing or fails."""
+def _stdout(argv: list[str], cwd: Path | None = None) -> str | None:
+    """A tool's whole stdout, or None when it is missing or fails."""
     if shutil.which(argv[0]) is None:
         return None
     try:
@@ -34,28 +34,19 @@ def _run(argv: list[str], cwd: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError) as err:
         log.warning("%s failed (%s); recording null", argv[0], err)
         return None
-    if out.returncode != 0:
-        return None
-    lines = out.stdout.strip().splitlines()
+    return out.stdout if out.returncode == 0 else None
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str | None:
+    """First line of a tool's stdout, or None when it is missing, fails or prints nothing."""
+    lines = (_stdout(argv, cwd) or "").strip().splitlines()
     return lines[0].strip() if lines else None
 
 
 def git_dirty(repo: Path) -> bool | None:
     """Whether tracked files differ from HEAD; None without git or outside a repository."""
-    if shutil.which("git") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError) as err:
-        log.warning("git status failed (%s); recording null", err)
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    status = _stdout(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+    return None if status is None else bool(status.strip())
 
 
 def gpu_driver_version() -> str | None:

@@ -13,13 +13,14 @@ plain RuntimeError). Anything else propagates. Memory is freed between trials.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from benchmarks.measure import free_memory
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +87,8 @@ def fits_in_memory(run: Callable[[], Any], device: torch.device) -> bool:
         ok = False
     else:
         ok = True
-    _release(device)  # outside the except block, where the traceback's frames are already gone
+    free_memory(device)  # outside the except block, where the traceback's frames are already gone
     return ok
-
-
-def _release(device: torch.device) -> None:
-    """Free what a trial left: unreachable tensors, then the allocator's cached blocks."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
 
 
 def _trial(search: BatchSearch, fits: Fits, batch: int, label: str) -> bool:

@@ -9,6 +9,7 @@ launches, and the kernels that ran on the GPU.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
 import statistics
@@ -130,6 +131,14 @@ def peak_memory(device: torch.device) -> Iterator[dict[str, float | None]]:
     peak = torch.cuda.max_memory_allocated(device)
     out["peak_mib"] = peak / MIB
     out["peak_above_start_mib"] = (peak - start) / MIB
+
+
+def free_memory(device: torch.device) -> None:
+    """Free what earlier work left: unreachable tensors, then the allocator's cached blocks."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
 def device_memory_used_mib(device: torch.device) -> float | None:

@@ -482,7 +482,7 @@ def build(model: Presto, plan: BuildPlan, out: Path) -> Manifest:
             key = (spec.component, backend, spec.precision, spec.budget, spec.batch, spec.frames)
             sig = signature(plan, backend, cfg.config_hash(), weights)
             found = reusable(sources, key, sig)
-            prev = found[0] if found else None
+            prev = None
             start = time.perf_counter()
             if found is not None:
                 prev, folder = found

@@ -261,7 +261,7 @@ def test_a_wrapped_out_of_memory_counts_when_the_allocator_saw_it(
         raise RuntimeError("run_func_(...) API call failed at model_container_runner.cpp")
 
     cuda = torch.device("cuda", 0)  # only handed to the patched counter; nothing touches a GPU
-    monkeypatch.setattr(max_batch, "_release", lambda device: None)
+    monkeypatch.setattr(max_batch, "free_memory", lambda device: None)
     assert fits_in_memory(package_oom, cuda) is False
     with pytest.raises(RuntimeError, match="API call failed"):
         fits_in_memory(package_bug, cuda)
