@@ -28,16 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.measure import free_memory
-from runtime.errors import ArtifactError, BackendUnavailable, ShapeError
+from presto_common.errors import ArtifactError, BackendUnavailable, ShapeError
+from presto_common.names import torch_dtype
+from presto_common.noise import draw_all
 from runtime.manifest import Manifest
-from runtime.schedule import draw_noise
 
 log = logging.getLogger(__name__)
 
 PROMPT = "warm lofi hip hop with piano and vinyl crackle"
 BPM = 120.0
 WIDTH = 1.0  # stereo width: the model's own
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ class EngineBackend:
         dits, decoder, m2s = pipe.chain_engines(batch, frames, budgets, stereo=True)
         text, mask = pipe.encode_text(prompts(next(self._tags), batch))
         noise = [
-            z.to(dev) for z in draw_noise(range(batch), (m.latent_channels, frames), len(sigmas))
+            z.to(dev) for z in draw_all(range(batch), (m.latent_channels, frames), len(sigmas))
         ]
         bpm = torch.full((batch,), BPM, device=dev)
         width = torch.full((batch,), WIDTH, device=dev)
@@ -312,7 +312,7 @@ class EagerBackend:
             raise BackendUnavailable(
                 f"device {device} asked for, but CUDA is not available; use cpu"
             )
-        self.dtype = DTYPES[spec.precision]
+        self.dtype = torch_dtype(spec.precision)
         self.checkpoint, self.init_seed = checkpoint, init_seed
         if checkpoint is not None:
             found = ckpt.read_config(checkpoint).config_hash()
@@ -399,9 +399,7 @@ class EagerBackend:
         text, mask = model.encode_text(prompts(next(self._tags), batch))
         noise = [
             z.to(dev)
-            for z in draw_noise(
-                range(batch), (self.config.dit.latent_channels, frames), len(sigmas)
-            )
+            for z in draw_all(range(batch), (self.config.dit.latent_channels, frames), len(sigmas))
         ]
         bpm = torch.full((batch,), BPM, device=dev)
 

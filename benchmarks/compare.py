@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ArtifactError
+from presto_common.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

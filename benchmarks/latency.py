@@ -104,7 +104,7 @@ from benchmarks.measure import (
 )
 from benchmarks.prepare import build_for
 from benchmarks.report import format_report
-from runtime.errors import ArtifactError, InputError, PrestoError, ShapeError
+from presto_common.errors import ArtifactError, InputError, PrestoError, ShapeError
 from runtime.manifest import Manifest
 
 log = logging.getLogger("benchmarks.latency")
@@ -371,7 +371,7 @@ def add_speedups(results: list[dict[str, Any]]) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     """PrestoError of the runtime, and of presto_ref where it is importable (eager backends)."""
     try:
-        from presto_ref.errors import PrestoError as RefError
+        from presto_common.errors import PrestoError as RefError
     except ImportError:
         return (PrestoError,)
     return (PrestoError, RefError)
@@ -481,7 +481,7 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from runtime._cli import setup_logging
+    from presto_common.cli import setup_logging
 
     argv = sys.argv[1:] if argv is None else argv
     p = build_parser()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.backends import BackendSpec
-from runtime.errors import ArtifactError
+from presto_common.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

@@ -106,8 +106,8 @@ def profile_call(fn: Callable[[], Any], warmup: int = 2, top: int = 8) -> dict[s
 
 def stage_calls(pipe, batch: int = 1) -> dict[str, Callable[[], Any]]:
     """One call per stage of `pipe` (a runtime.pipeline.Pipeline) at its longest bucket."""
-    from runtime.schedule import draw_noise
-    from runtime.tokenizer import encode_prompts
+    from presto_common.noise import draw_all
+    from presto_common.tokenizer import encode_bytes
 
     m, dev = pipe.manifest, pipe.device
     frames = max(pipe.built_frames(batch))
@@ -115,14 +115,14 @@ def stage_calls(pipe, batch: int = 1) -> dict[str, Callable[[], Any]]:
     dits, decoder, m2s = pipe.chain_engines(batch, frames, budgets, stereo=True)
     prompts = [f"warm lofi hip hop with piano #{i}" for i in range(batch)]
     text, mask = pipe.encode_text(prompts)
-    (z,) = draw_noise(list(range(batch)), (m.latent_channels, frames), 1)
+    (z,) = draw_all(list(range(batch)), (m.latent_channels, frames), 1)
     x = z.to(dev)
     sigma = torch.ones(batch, device=dev)
     bpm = torch.full((batch,), 120.0, device=dev)
     (mono,) = decoder(x)
     width = torch.ones(batch, device=dev)
     text_engine = pipe._engine(pipe.artifact("text_encoder", 1, None))
-    ids, ids_mask = (torch.from_numpy(a).to(dev) for a in encode_prompts(prompts[:1], m.max_tokens))
+    ids, ids_mask = (torch.from_numpy(a).to(dev) for a in encode_bytes(prompts[:1], m.max_tokens))
     calls: dict[str, Callable[[], Any]] = {"text_encoder": lambda: text_engine(ids, ids_mask)}
     for b, engine in sorted(dits.items()):
         calls[f"dit_b{b}"] = lambda engine=engine: engine(x, sigma, text, mask, bpm)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    from runtime.errors import PrestoError
+    from presto_common.errors import PrestoError
     from runtime.pipeline import Pipeline
 
     try:

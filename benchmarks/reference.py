@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from presto_common.names import PRECISIONS, torch_dtype
+
 SIGMAS_FOR_VARIANCE = (
     80.0,
     9.723,
@@ -30,7 +32,6 @@ SIGMAS_FOR_VARIANCE = (
     0.05,
     0.002,
 )  # the 4-step schedule and points between
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Timer:
@@ -83,7 +84,7 @@ def profile(
     from presto_ref.checkpoint import random_model
     from presto_ref.pipeline import Request, validate_request
 
-    model = random_model(preset, seed).to(device=device, dtype=DTYPES[dtype]).eval()
+    model = random_model(preset, seed).to(device=device, dtype=torch_dtype(dtype)).eval()
     cfg = model.config
     request = Request(
         prompts=("warm lofi hip hop with piano and vinyl crackle",),
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--preset", default="presto-ls")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--dtype", choices=PRECISIONS, default="bf16")
     p.add_argument("--duration-s", type=float, default=32.0)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per stage after one warm-up")
     p.add_argument("--seed", type=int, default=0)

@@ -38,13 +38,17 @@ from pathlib import Path
 
 import torch
 
-from export.errors import BackendUnavailable, EngineBuildError
-from export.spec import DTYPES, ExportSpec, make_specs
-from presto_ref import __version__ as TOOLKIT_VERSION
-from presto_ref._cli import add_logging_flags, run_main, setup_logging
+from export.spec import ExportSpec, make_specs
+from presto_common.cli import add_logging_flags, run_main, setup_logging
+from presto_common.errors import (
+    BackendUnavailable,
+    ConfigError,
+    EngineBuildError,
+    PrestoError,
+)
+from presto_common.names import BACKENDS, PRECISIONS, TOOLKIT_VERSION
+from presto_common.schedule import karras_sigmas
 from presto_ref.checkpoint import load_checkpoint, random_model
-from presto_ref.edm import karras_sigmas
-from presto_ref.errors import ConfigError, PrestoError
 from presto_ref.pipeline import Presto
 from presto_ref.presets import DEFAULT_PRESET, PRESETS, get_preset
 from runtime.manifest import (
@@ -59,7 +63,6 @@ from runtime.manifest import (
 
 log = logging.getLogger("export.build")
 
-BACKEND_NAMES = ("onnx", "tensorrt", "torch")
 TIMING_CACHE = "timing.cache"  # full TensorRT's tactic timings, kept in the build folder
 # Parity of an fp32 ONNX graph on ONNX Runtime's CPU provider against eager PyTorch: both compute in
 # fp32 with other summation orders, which gives relative L2 errors near 1e-6; 1e-4 flags real bugs.
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=sorted(DTYPES),
+        choices=PRECISIONS,
         default="fp32",
         help="weights and activations of every graph (fp32 islands stay) (default fp32)",
     )
@@ -184,14 +187,12 @@ def available_backends() -> tuple[str, ...]:
 def resolve_plan(args: argparse.Namespace, model: Presto) -> BuildPlan:
     cfg = model.config
     backends = parse_list(args.backends, str) if args.backends else available_backends()
-    unknown = sorted(set(backends) - set(BACKEND_NAMES))
+    unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
-        raise ConfigError(
-            f"--backends has unknown {unknown}; choose from {','.join(BACKEND_NAMES)}"
-        )
+        raise ConfigError(f"--backends has unknown {unknown}; choose from {','.join(BACKENDS)}")
     if "tensorrt" in backends and "onnx" not in backends:
         backends = ("onnx", *backends)  # engines are built from the ONNX files
-    backends = tuple(b for b in BACKEND_NAMES if b in backends)
+    backends = tuple(b for b in BACKENDS if b in backends)
     durations = parse_list(args.durations_s, float) if args.durations_s else (cfg.max_duration_s,)
     for d in durations:
         if not 0 < d <= cfg.max_duration_s:

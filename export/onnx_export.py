@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from export.errors import EngineBuildError
 from export.spec import ExportSpec
+from presto_common.errors import EngineBuildError
 
 log = logging.getLogger(__name__)
 

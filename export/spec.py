@@ -24,16 +24,11 @@ from torch import Tensor, nn
 
 from export.fold import fold_weight_norm, replace_transposed_convs
 from export.fuse import fuse_dit_projections
-from presto_ref.errors import ConfigError
+from presto_common.errors import ConfigError
+from presto_common.names import COMPONENTS, torch_dtype
 from presto_ref.pipeline import Presto
 
 Precision = Literal["fp32", "fp16", "bf16"]
-COMPONENTS = ("text_encoder", "dit", "vae_decoder", "stereo")
-DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
 
 
 @dataclass(frozen=True)
@@ -159,8 +154,7 @@ def export_model(model: Presto, precision: Precision) -> Presto:
     """A copy of `model` ready for export: weight norm folded, transposed convolutions in polyphase
     form (export/fold.py), the DiT's projections fused (export/fuse.py), weights in the target
     dtype, eval mode."""
-    if precision not in DTYPES:
-        raise ConfigError(f"precision={precision!r}; expected one of {sorted(DTYPES)}")
+    dtype = torch_dtype(precision)
     # A fresh model, not copy.deepcopy: a deep copy shares the classes that parametrisation creates
     # per module, and folding one copy would strip the `weight` property from the other.
     clone = Presto(model.config)
@@ -168,7 +162,7 @@ def export_model(model: Presto, precision: Precision) -> Presto:
     fold_weight_norm(clone)
     replace_transposed_convs(clone)
     fuse_dit_projections(clone.dit)
-    return clone.float().eval().to(DTYPES[precision])
+    return clone.float().eval().to(dtype)
 
 
 def make_specs(

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from export.errors import BackendUnavailable, EngineBuildError
+from presto_common.errors import BackendUnavailable, EngineBuildError
 from runtime.manifest import TensorInfo
 from runtime.torch_engine import signature_metadata
 

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from export.errors import BackendUnavailable, EngineBuildError
-from presto_ref.errors import ConfigError
+from presto_common.errors import BackendUnavailable, ConfigError, EngineBuildError
 
 log = logging.getLogger(__name__)
 

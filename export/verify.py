@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.errors import BackendUnavailable
 from export.spec import ExportSpec, graph_for
+from presto_common.errors import BackendUnavailable
 from presto_ref.pipeline import Presto
 
 

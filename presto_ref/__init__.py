@@ -1,7 +1,8 @@
 """presto_ref: the PyTorch reference of a Presto-style text-to-music model (Novack et al., ICLR 2025).
 
 The source of truth for the maths that `export` turns into engines and `runtime` runs. It imports no
-other package of this project.
+other package of this project except the shared leaf `presto_common` (errors, the schedule, the noise
+rule and the tokenizer that the runtime must reproduce exactly).
 
 Shape legend used in docstrings and comments:
     B      batch (takes)
@@ -20,4 +21,6 @@ Entry points:
     python -m presto_ref.describe           parameter counts and FLOPs of a preset
 """
 
-__version__ = "0.2.0"
+from presto_common.names import TOOLKIT_VERSION as __version__  # noqa: E402
+
+__all__ = ["__version__"]

@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from presto_common.errors import CheckpointError, ConfigError
 from presto_ref.config import PrestoConfig
-from presto_ref.errors import CheckpointError, ConfigError
-from presto_ref.pipeline import COMPONENTS, Presto
+from presto_ref.pipeline import CHECKPOINT_PARTS, Presto
 from presto_ref.presets import get_preset
 
 FORMAT = "presto-checkpoint"
@@ -55,7 +55,7 @@ def save_checkpoint(model: Presto, directory: str | Path, overwrite: bool = Fals
             "config": model.config.to_dict(),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        for name in COMPONENTS:
+        for name in CHECKPOINT_PARTS:
             state = {
                 k: v.detach().cpu().contiguous()
                 for k, v in getattr(model, name).state_dict().items()
@@ -108,7 +108,7 @@ def load_checkpoint(
     model = Presto(config)
     problems: list[str] = []
     states = {}
-    for name in COMPONENTS:
+    for name in CHECKPOINT_PARTS:
         path = directory / f"{name}.safetensors"
         if not path.is_file():
             problems.append(f"{path.name} is missing")

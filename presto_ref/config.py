@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from presto_ref.errors import ConfigError
+from presto_common.errors import ConfigError
+from presto_common.schedule import budget_for_sigma
 
 SAMPLE_RATE = 44_100  # Hz; the paper's audio rate (section 4.1)
 
@@ -180,8 +181,7 @@ class BudgetSchedule:
 
     def budget_for_sigma(self, sigma: float) -> int:
         """Blocks to drop when denoising at noise level `sigma` (a Python float)."""
-        band = sum(1 for t in self.sigma_thresholds if sigma < t)
-        return self.budgets[band]
+        return budget_for_sigma(self.budgets, self.sigma_thresholds, sigma)
 
     @property
     def distinct_budgets(self) -> tuple[int, ...]:

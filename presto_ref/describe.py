@@ -18,7 +18,7 @@ import sys
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from presto_ref._cli import run_main
+from presto_common.cli import run_main
 from presto_ref.config import PrestoConfig
 from presto_ref.presets import DEFAULT_PRESET, PRESETS, get_preset
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from presto_common.errors import ConfigError
 from presto_ref.config import DiTConfig
-from presto_ref.errors import ConfigError
 from presto_ref.layers import (
     RMSNorm,
     ScalarEmbedder,

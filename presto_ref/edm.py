@@ -1,4 +1,5 @@
-"""EDM preconditioning, noise schedules and the Presto-L budget rule (Karras et al. 2022, 2024).
+"""EDM preconditioning and training noise (Karras et al. 2022, 2024); the inference schedule is
+`presto_common.schedule.karras_sigmas`, re-exported here.
 
 All coefficients are computed in fp32 (or float64 for schedules), whatever dtype the network runs in.
 """
@@ -8,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from presto_common.schedule import karras_sigmas  # noqa: F401  (the schedule lives in presto_common)
 from presto_ref.config import EDMConfig
-from presto_ref.errors import ConfigError
 
 
 def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -36,25 +37,6 @@ def loss_weight(sigma: Tensor, sigma_data: float) -> Tensor:
 def training_sigmas(cfg: EDMConfig, num: int, generator: torch.Generator) -> Tensor:
     """Training noise levels: ln(sigma) ~ N(P_mean, P_std^2) (EDM2; paper A.1). Returns (num,) fp32."""
     return torch.exp(cfg.p_mean + cfg.p_std * torch.randn(num, generator=generator))
-
-
-def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> list[float]:
-    """The inference schedule, high to low, without a trailing 0 (paper eq. 9, Karras et al. 2022 eq. 5).
-
-    sigma_i = (sigma_max^(1/rho) + i / (N - 1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i < N.
-    One step is [sigma_max]. Any rho >= 1 is allowed (paper A.5). Computed in float64.
-
-    >>> [round(s, 3) for s in karras_sigmas(4, 0.002, 80.0, 7.0)]
-    [80.0, 9.723, 0.47, 0.002]
-    """
-    if num_steps < 1:
-        raise ConfigError(f"num_steps={num_steps} must be >= 1")
-    if rho < 1:
-        raise ConfigError(f"rho={rho} must be >= 1 (paper A.5); use the default 7")
-    if num_steps == 1:
-        return [float(sigma_max)]
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    return [(hi + i / (num_steps - 1) * (lo - hi)) ** rho for i in range(num_steps)]
 
 
 class EDMPrecond(nn.Module):

@@ -20,16 +20,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from presto_ref._cli import add_logging_flags, run_main, setup_logging, write_wavs
+from presto_common.cli import (
+    add_logging_flags,
+    add_wav_flags,
+    run_main,
+    setup_logging,
+    take_paths,
+    write_wavs,
+)
+from presto_common.errors import InputError, NumericalError
+from presto_common.names import PRECISIONS, torch_dtype
 from presto_ref.checkpoint import load_checkpoint, random_model, read_config
-from presto_ref.errors import InputError, NumericalError
 from presto_ref.pipeline import Request, validate_request
 from presto_ref.presets import DEFAULT_PRESET, PRESETS, get_preset
 from presto_ref.text import ByteTokenizer
 
 log = logging.getLogger("presto_ref.generate")
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,25 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="fp32", help="weights dtype (default fp32)"
+        "--dtype", choices=PRECISIONS, default="fp32", help="weights dtype (default fp32)"
     )
-    p.add_argument(
-        "--float-wav", action="store_true", help="write 32-bit float WAV instead of 16-bit PCM"
-    )
+    add_wav_flags(p)
     p.add_argument(
         "--init-seed", type=int, default=0, help="seed of the random init without --checkpoint"
     )
     add_logging_flags(p)
     return p
-
-
-def output_paths(output: Path, num_takes: int) -> list[Path]:
-    """out.wav for one take; out_0.wav, out_1.wav, ... for several."""
-    if num_takes == 1:
-        return [output]
-    return [
-        output.with_name(f"{output.stem}_{i}{output.suffix or '.wav'}") for i in range(num_takes)
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         sampler = validate_request(config, request)
         ByteTokenizer(config.text.max_tokens).encode([args.prompt])  # empty / overlong prompt
-        paths = output_paths(args.output, args.num_takes)
+        paths = take_paths(args.output, args.num_takes)
         if not args.output.parent.is_dir():
             raise InputError(f"output folder {args.output.parent} does not exist; create it first")
         device = torch.device(args.device)
@@ -164,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. Load or initialise the model.
         if args.checkpoint:
-            model = load_checkpoint(args.checkpoint, device=device, dtype=DTYPES[args.dtype])
+            model = load_checkpoint(args.checkpoint, device=device, dtype=torch_dtype(args.dtype))
         else:
             model = (
                 random_model(config, args.init_seed)
-                .to(device=device, dtype=DTYPES[args.dtype])
+                .to(device=device, dtype=torch_dtype(args.dtype))
                 .eval()
             )
 
@@ -180,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise NumericalError(
                     f"take {i} (seed {request.seeds[i]}) holds NaN or Inf; try --dtype fp32"
                 )
-        write_wavs(paths, audio, config.sample_rate, "FLOAT" if args.float_wav else "PCM_16")
+        write_wavs(
+            paths, audio, config.sample_rate, float_wav=args.float_wav, normalize=args.normalize
+        )
         return paths
 
     resolved = {k: v for k, v in vars(args).items() if k not in ("verbose", "quiet")}

@@ -14,16 +14,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from presto_common.errors import InputError
 from presto_ref.config import PrestoConfig, SamplerConfig
 from presto_ref.dit import DiT
 from presto_ref.edm import EDMPrecond, karras_sigmas
-from presto_ref.errors import InputError
 from presto_ref.sampling import OnStep, dpmpp_2s_cfgpp, make_generators, ping_pong
 from presto_ref.stereo import MonoToStereo
 from presto_ref.text import ByteTokenizer, T5Encoder
 from presto_ref.vae import VAE
 
-COMPONENTS = ("text_encoder", "dit", "vae", "stereo")
+# The checkpoint files, one per module (the VAE file holds the encoder too); the exported graphs
+# are `presto_common.names.COMPONENTS`.
+CHECKPOINT_PARTS = ("text_encoder", "dit", "vae", "stereo")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Presto(nn.Module):
 
     def init_random(self, seed: int) -> Presto:
         """Seeded random weights for every component (each from its own generator, CPU-drawn)."""
-        for offset, name in enumerate(COMPONENTS):
+        for offset, name in enumerate(CHECKPOINT_PARTS):
             getattr(self, name).init_random(torch.Generator().manual_seed(seed * 1000 + offset))
         return self
 

@@ -6,6 +6,7 @@ so every code path that the paper-scale model takes is exercised by the CPU test
 
 from __future__ import annotations
 
+from presto_common.errors import ConfigError
 from presto_ref.config import (
     BudgetSchedule,
     DiTConfig,
@@ -15,7 +16,6 @@ from presto_ref.config import (
     TextEncoderConfig,
     VAEConfig,
 )
-from presto_ref.errors import ConfigError
 
 PRESTO_LS_BUDGETS = (
     12,

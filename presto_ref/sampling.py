@@ -1,10 +1,8 @@
 """Samplers as pure functions of a denoiser, a sigma schedule and per-item random generators.
 
-Noise contract (the runtime reproduces it to match this reference bit for bit in fp32): item b of a
-batch owns one `torch.Generator` on the CPU seeded with its own seed. The sampler draws, in order,
-the starting noise and then one re-noising draw per later step, each `torch.randn(item_shape,
-generator=g_b, dtype=float32)`, and moves it to the device. A take therefore depends on its seed only,
-never on the batch it ran in.
+Noise follows `presto_common.noise` (the runtime uses the same rule, so it matches this reference
+bit for bit in fp32): take b owns one CPU generator seeded with its seed, drawn in order for the
+starting noise and then once per re-noising step. A take depends on its seed only.
 
 Denoisers take latents x: (B, C, T) float32 and a Python float sigma, and return x0 of the same shape;
 `sigma` is a float so that a caller can pick a layer budget (a static graph) per noise level.
@@ -18,23 +16,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from presto_common.noise import draw_noise, make_generators  # noqa: F401  (re-exported)
+
 Denoiser = Callable[[Tensor, float], Tensor]
 # Returns (D_cond, D_uncond) at the same x and sigma, for classifier-free guidance.
 GuidedDenoiser = Callable[[Tensor, float], tuple[Tensor, Tensor]]
 OnStep = Callable[[int, int], None]
-
-
-def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per batch item, seeded with that item's seed."""
-    return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-
-
-def draw_noise(
-    generators: Sequence[torch.Generator], item_shape: Sequence[int], device: torch.device | str
-) -> Tensor:
-    """Standard normal noise (B, *item_shape) float32, item b drawn from generators[b] on the CPU."""
-    noise = [torch.randn(tuple(item_shape), generator=g, dtype=torch.float32) for g in generators]
-    return torch.stack(noise).to(device)
 
 
 # --- the distilled generator --------------------------------------------------------------------

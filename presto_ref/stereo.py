@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from presto_common.errors import InputError
 from presto_ref.config import StereoConfig
-from presto_ref.errors import InputError
 from presto_ref.layers import (
     RESIDUAL_GAIN,
     Snake1d,

@@ -24,15 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from presto_common.errors import ConfigError, InputError
+from presto_common.tokenizer import BYTE_OFFSET, EOS_ID, PAD_ID, encode_bytes  # noqa: F401
 from presto_ref.config import TextEncoderConfig
-from presto_ref.errors import ConfigError, InputError
 from presto_ref.layers import RMSNorm, randn_like_
-
-# ByT5 special ids (Xue et al. 2022, HF ByT5Tokenizer): a byte b is id b + 3.
-PAD_ID = 0
-EOS_ID = 1
-UNK_ID = 2  # reserved; every byte has its own id, so it never occurs
-BYTE_OFFSET = 3
 
 # Additive bias on the attention logits of padded keys. Finite, so even a row whose keys are all
 # padding gives no NaN; fits fp16 (max 65504) with headroom for the logits and position bias added
@@ -47,7 +42,7 @@ NORM_INIT_NOISE = 0.1
 
 
 class ByteTokenizer:
-    """UTF-8 bytes -> ids b + 3, then EOS, padded to a static max_tokens (ByT5 ids, no vocabulary).
+    """`presto_common.tokenizer.encode_bytes` with torch tensors out (ByT5 ids, no vocabulary).
 
     >>> ids, mask = ByteTokenizer(4).encode(["ab"])
     >>> ids.tolist(), mask.tolist()
@@ -60,32 +55,9 @@ class ByteTokenizer:
         self.max_tokens = max_tokens  # tokens per prompt including EOS; the static S of every batch
 
     def encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """Token ids (B, S) int64 and validity mask (B, S) bool, S = max_tokens.
-
-        Raises InputError for an empty prompt or one too long to fit; never truncates.
-        """
-        if isinstance(prompts, str) or len(prompts) == 0:
-            raise InputError(f"prompts={prompts!r}; expected a non-empty list of strings")
-        ids = torch.full((len(prompts), self.max_tokens), PAD_ID, dtype=torch.long)
-        mask = torch.zeros((len(prompts), self.max_tokens), dtype=torch.bool)
-        for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise InputError(f"prompt {i} is {prompt!r}; expected a string")
-            if not prompt.strip():
-                raise InputError(
-                    f"prompt {i} is {prompt!r}, which is empty; describe the music in words, "
-                    "e.g. 'upbeat funk with slap bass'"
-                )
-            data = prompt.encode("utf-8")
-            if len(data) + 1 > self.max_tokens:
-                raise InputError(
-                    f"prompt {i} is {len(data)} UTF-8 bytes, but at most {self.max_tokens - 1} "
-                    f"fit (max_tokens={self.max_tokens} including EOS); shorten the prompt"
-                )
-            n = len(data) + 1
-            ids[i, :n] = torch.tensor([b + BYTE_OFFSET for b in data] + [EOS_ID])
-            mask[i, :n] = True
-        return ids, mask
+        """Token ids (B, S) int64 and validity mask (B, S) bool, S = max_tokens; never truncates."""
+        ids, mask = encode_bytes(prompts, self.max_tokens)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 # --- relative positions -------------------------------------------------------------------------

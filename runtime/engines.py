@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from runtime.errors import BackendUnavailable, ShapeError
+from presto_common.errors import BackendUnavailable, ShapeError
 from runtime.manifest import Artifact, TensorInfo
 
 

@@ -10,13 +10,23 @@ examples:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
-from runtime._cli import add_logging_flags, log, run_main, setup_logging
-from runtime.errors import InputError
+from presto_common.cli import (
+    add_logging_flags,
+    add_wav_flags,
+    run_main,
+    setup_logging,
+    take_paths,
+    write_wavs,
+)
+from presto_common.errors import InputError
 from runtime.pipeline import Pipeline
+
+log = logging.getLogger("runtime.generate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run the chain uncaptured on CUDA")
-    p.add_argument(
-        "--float-wav", action="store_true", help="write 32-bit float instead of 16-bit PCM"
-    )
+    add_wav_flags(p)
     add_logging_flags(p)
     return p
 
@@ -111,20 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             audio.duration_s,
             time.perf_counter() - start,
         )
-        if args.num_takes == 1:
-            paths = [args.output]
-        else:
-            stem, suffix = args.output.stem, args.output.suffix or ".wav"
-            paths = [args.output.with_name(f"{stem}_{i}{suffix}") for i in range(args.num_takes)]
-        tmp = [p.with_name(f".{p.name}.partial") for p in paths]
-        try:
-            for i, t in enumerate(tmp):
-                audio.write_wav(t, take=i, subtype="FLOAT" if args.float_wav else "PCM_16")
-            for t, p in zip(tmp, paths):
-                t.replace(p)
-        finally:
-            for t in tmp:
-                t.unlink(missing_ok=True)
+        paths = take_paths(args.output, args.num_takes)
+        write_wavs(
+            paths,
+            audio.samples,
+            audio.sample_rate,
+            float_wav=args.float_wav,
+            normalize=args.normalize,
+        )
         return paths
 
     return run_main(body, argv, {"engines": args.engines, "backend": args.backend})

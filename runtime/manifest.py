@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ArtifactError
+from presto_common.errors import ArtifactError
+from presto_common.names import BACKENDS, COMPONENTS  # noqa: F401  (the values the fields take)
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-BACKENDS = ("onnx", "tensorrt", "torch")
-COMPONENTS = ("text_encoder", "dit", "vae_decoder", "stereo")
 
 
 @dataclass(frozen=True)

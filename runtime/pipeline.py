@@ -25,21 +25,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from presto_common.cli import write_wavs
+from presto_common.errors import BackendUnavailable, InputError, NumericalError, ShapeError
+from presto_common.names import BACKEND_ALIASES
+from presto_common.noise import draw_all
+from presto_common.tokenizer import encode_bytes
 from runtime.engines import Engine, backend_available, open_engine
-from runtime.errors import BackendUnavailable, InputError, NumericalError, ShapeError
 from runtime.graphs import CapturedChain
 from runtime.manifest import Artifact, Manifest
-from runtime.schedule import draw_noise, schedule
-from runtime.tokenizer import encode_prompts
+from runtime.schedule import schedule
 
 log = logging.getLogger(__name__)
-
-BACKEND_ALIASES = {"onnxruntime": "onnx", "onnx": "onnx", "torch": "torch", "tensorrt": "tensorrt"}
 
 
 @dataclass(frozen=True)
 class Audio:
-    samples: np.ndarray  # (B, C, T) float32 in [-1, 1]-ish; C = 2 (stereo) or 1
+    samples: np.ndarray  # (B, C, T) float32 as computed (stereo may exceed [-1, 1]); C = 2 or 1
     sample_rate: int  # Hz
     seeds: tuple[int, ...]
 
@@ -47,13 +48,17 @@ class Audio:
     def duration_s(self) -> float:
         return self.samples.shape[-1] / self.sample_rate
 
-    def write_wav(self, path: str | Path, take: int = 0, subtype: str = "PCM_16") -> Path:
-        """Write one take through soundfile (imported here: it is only needed to write files)."""
-        import soundfile
-
+    def write_wav(
+        self, path: str | Path, take: int = 0, *, float_wav: bool = False, normalize: bool = False
+    ) -> Path:
+        """Write one take as a WAV (16-bit unless float_wav; see `presto_common.cli.write_wavs`)."""
         path = Path(path)
-        soundfile.write(
-            str(path), self.samples[take].T, self.sample_rate, subtype=subtype, format="WAV"
+        write_wavs(
+            [path],
+            self.samples[take : take + 1],
+            self.sample_rate,
+            float_wav=float_wav,
+            normalize=normalize,
         )
         return path
 
@@ -181,7 +186,7 @@ class Pipeline:
 
     def encode_text(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """T5 tokens (B, S, D) and mask (B, S) on the device, cached per prompt (batch-1 engine)."""
-        ids, mask = encode_prompts(list(prompts), self.manifest.max_tokens)
+        ids, mask = encode_bytes(list(prompts), self.manifest.max_tokens)
         one = [
             a
             for a in self.manifest.find("text_encoder", self.backend, batch=1)
@@ -264,8 +269,7 @@ class Pipeline:
             text, mask = self.encode_text(prompts)
             dits, decoder, m2s = self.chain_engines(B, frames, budgets, stereo)
             noise = [
-                z.to(self.device)
-                for z in draw_noise(seeds, (m.latent_channels, frames), len(sigmas))
+                z.to(self.device) for z in draw_all(seeds, (m.latent_channels, frames), len(sigmas))
             ]
             bpm_t = torch.full((B,), float(bpm), device=self.device)
             width_t = torch.full((B,), float(width), device=self.device)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from runtime.errors import ArtifactError, BackendUnavailable, ShapeError
+from presto_common.errors import ArtifactError, BackendUnavailable, ShapeError
 from runtime.manifest import TensorInfo
 
 log = logging.getLogger(__name__)

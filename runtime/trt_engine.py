@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from runtime.errors import ArtifactError, BackendUnavailable, ShapeError
+from presto_common.errors import ArtifactError, BackendUnavailable, ShapeError
 from runtime.manifest import Artifact
 
 log = logging.getLogger(__name__)

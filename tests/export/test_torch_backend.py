@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.errors import BackendUnavailable, EngineBuildError
 from export.spec import DiTGraph
 from export.torch_backend import TorchBuild, compile_package
-from runtime.errors import ArtifactError, ShapeError
+from presto_common.errors import ArtifactError, BackendUnavailable, EngineBuildError, ShapeError
 from runtime.torch_engine import TorchEngine
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import trt_build
-from export.errors import BackendUnavailable, EngineBuildError
-from presto_ref.errors import ConfigError
+from presto_common.errors import BackendUnavailable, ConfigError, EngineBuildError
 
 HAS_RTX = any(importlib.util.find_spec(m) for m in ("tensorrt_rtx", "tensorrt_rtx_bindings"))
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None

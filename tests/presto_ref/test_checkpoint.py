@@ -9,19 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from presto_common.errors import CheckpointError
 from presto_ref.checkpoint import load_checkpoint, random_model, read_config, save_checkpoint
-from presto_ref.errors import CheckpointError
-from presto_ref.pipeline import COMPONENTS
+from presto_ref.pipeline import CHECKPOINT_PARTS
 
 
 def test_round_trip_is_bit_exact(tiny_model, tmp_path: Path) -> None:
     path = save_checkpoint(tiny_model, tmp_path / "ckpt")
     assert sorted(p.name for p in path.iterdir()) == sorted(
-        ["config.json"] + [f"{c}.safetensors" for c in COMPONENTS]
+        ["config.json"] + [f"{c}.safetensors" for c in CHECKPOINT_PARTS]
     )
     loaded = load_checkpoint(path)
     assert loaded.config == tiny_model.config
-    for name in COMPONENTS:
+    for name in CHECKPOINT_PARTS:
         a, b = getattr(tiny_model, name).state_dict(), getattr(loaded, name).state_dict()
         assert a.keys() == b.keys()
         for key in a:
@@ -30,7 +30,7 @@ def test_round_trip_is_bit_exact(tiny_model, tmp_path: Path) -> None:
 
 def test_random_init_is_seeded_and_complete() -> None:
     a, b, c = random_model("tiny", 3), random_model("tiny", 3), random_model("tiny", 4)
-    for name in COMPONENTS:
+    for name in CHECKPOINT_PARTS:
         sa, sb, sc = (getattr(m, name).state_dict() for m in (a, b, c))
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
         assert any(not torch.equal(sa[k], sc[k]) for k in sa)

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from presto_common.errors import ConfigError
 from presto_ref.config import (
     QUINTILE_SIGMAS,
     BudgetSchedule,
@@ -17,7 +18,6 @@ from presto_ref.config import (
     VAEConfig,
 )
 from presto_ref.edm import karras_sigmas
-from presto_ref.errors import ConfigError
 from presto_ref.presets import PRESETS, get_preset
 
 

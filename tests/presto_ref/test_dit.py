@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from presto_common.errors import ConfigError
 from presto_ref.config import DiTConfig
 from presto_ref.dit import DiT, blocks_for_budget
 from presto_ref.edm import EDMPrecond
-from presto_ref.errors import ConfigError
 from presto_ref.presets import PRESETS
 
 CFG = PRESETS["tiny"].dit

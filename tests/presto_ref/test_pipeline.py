@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from presto_ref.errors import ConfigError, InputError
+from presto_common.errors import ConfigError, InputError
 from presto_ref.pipeline import Request, validate_request
 
 DURATION_S = 1.0  # 46 frames: long enough for every stage, short enough for the CPU

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from presto_common.errors import InputError
 from presto_ref import stereo
 from presto_ref.config import SAMPLE_RATE, StereoConfig
-from presto_ref.errors import InputError
 from presto_ref.presets import PRESETS
 from presto_ref.stereo import MelFrontEnd, MonoToStereo, mel_filterbank
 

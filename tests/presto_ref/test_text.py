@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
+from presto_common.errors import InputError
 from presto_ref.config import TextEncoderConfig
-from presto_ref.errors import InputError
 from presto_ref.presets import PRESETS
 from presto_ref.text import (
     EOS_ID,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from presto_ref.errors import InputError
+from presto_common.errors import InputError
 from presto_ref.layers import init_wn_conv_, upsample_conv
 from presto_ref.presets import PRESETS
 from presto_ref.vae import VAE, VAEDecoder, upsample_gain

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import ArtifactError
+from presto_common.errors import ArtifactError
 from runtime.manifest import (
     SCHEMA_VERSION,
     Artifact,

@@ -23,14 +23,14 @@ from torch import Tensor, nn
 
 from export.spec import DiTGraph
 from export.torch_backend import compile_package
-from runtime.errors import ShapeError
+from presto_common.errors import ShapeError
+from presto_common.names import torch_dtype
 from runtime.torch_engine import TorchEngine
 
 # Each test compiles on the GPU: 60-120 s apiece on an H100 with a cold Inductor cache.
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # Loads a package on its GPU, runs it on saved inputs, saves the outputs, and fails if running the
 # engine pulled in a package the runtime must not depend on.
@@ -136,7 +136,7 @@ def test_cuda_package_matches_eager(
     tiny_model: nn.Module, folder: Path, tmp_path: Path, name: str, precision: str
 ) -> None:
     cpu_module, cpu_inputs = make_case(name, tiny_model)
-    module, inputs = on_gpu(cpu_module, cpu_inputs, DTYPES[precision])
+    module, inputs = on_gpu(cpu_module, cpu_inputs, torch_dtype(precision))
     build = compile_package(module, inputs, folder / f"{name}-{precision}.pt2", device="cuda")
     assert build.device.startswith("cuda:")
     outputs = run_in_fresh_process(build.path, inputs, tmp_path)

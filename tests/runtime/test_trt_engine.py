@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from presto_common.errors import ArtifactError
 from runtime.engines import backend_available
-from runtime.errors import ArtifactError
 from runtime.manifest import Artifact, TensorInfo
 from runtime.trt_engine import check_compute_capability
 

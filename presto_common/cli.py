@@ -1,0 +1,140 @@
+"""What every command-line tool of presto-trt shares: logging flags, the one-line error wrapper,
+and WAV output that says when 16-bit samples clip.
+
+Stereo from the mono-to-stereo model is L = M + w S, R = M - w S: the decoder's tanh bounds M, but
+L and R may exceed full scale. A 16-bit WAV cannot hold that, so `write_wavs` counts the samples
+past full scale, and the CLIs either report them (with the fix) or peak-normalise on request. The
+Python APIs return the float audio as computed and never clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from presto_common.errors import PrestoError
+
+log = logging.getLogger("presto")
+
+# Third-party loggers that narrate every pass at INFO; -v shows them.
+NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch._inductor", "torch.export", "onnxscript")
+
+# Peak normalisation leaves this much headroom below full scale (-0.1 dBFS).
+NORMALIZE_PEAK = 10 ** (-0.1 / 20)
+
+
+def add_logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Root logging at INFO (-v: DEBUG, -q: WARNING), third-party chatter at ERROR unless -v."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+
+
+def run_main(body: Callable[[], list[Path]], argv: list[str], resolved: dict) -> int:
+    """Run a CLI body: log the command and resolved settings, turn a PrestoError into one line and
+    exit code 1, and end with OK or FAILED, the wall time and the output paths."""
+    log.info("command: %s", json.dumps({"argv": argv, **resolved}, default=str))
+    start = time.perf_counter()
+    try:
+        outputs = body()
+    except PrestoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        log.info("FAILED after %.1f s", time.perf_counter() - start)
+        return 1
+    log.info("OK in %.1f s: %s", time.perf_counter() - start, ", ".join(str(p) for p in outputs))
+    return 0
+
+
+def add_wav_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--float-wav", action="store_true", help="write 32-bit float WAV instead of 16-bit PCM"
+    )
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="scale each take so its peak is -0.1 dBFS (default: write as computed and report "
+        "how many 16-bit samples clip)",
+    )
+
+
+def take_paths(output: Path, num_takes: int) -> list[Path]:
+    """out.wav for one take; out_0.wav, out_1.wav, ... for several."""
+    if num_takes == 1:
+        return [output]
+    suffix = output.suffix or ".wav"
+    return [output.with_name(f"{output.stem}_{i}{suffix}") for i in range(num_takes)]
+
+
+def peak_normalize(audio: np.ndarray) -> np.ndarray:
+    """Each take (N, C, T) scaled so its absolute peak is NORMALIZE_PEAK (silent takes unchanged)."""
+    peak = np.abs(audio).reshape(audio.shape[0], -1).max(axis=1)
+    gain = np.where(peak > 0, NORMALIZE_PEAK / np.maximum(peak, 1e-30), 1.0)
+    return (audio * gain[:, None, None]).astype(np.float32)
+
+
+def clipped_samples(audio: np.ndarray) -> int:
+    """How many samples of (N, C, T) lie outside [-1, 1], where a 16-bit WAV clips them."""
+    return int(np.count_nonzero(np.abs(audio) > 1.0))
+
+
+def write_wavs(
+    paths: Sequence[Path],
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    float_wav: bool = False,
+    normalize: bool = False,
+) -> None:
+    """Write takes (N, C, T) float as WAVs through soundfile, PCM_16 unless `float_wav`.
+
+    Without `normalize`, a 16-bit file of samples past full scale is written clipped and a warning
+    says how many and how to avoid it; float WAVs keep them. Each file is written under a temporary
+    name and all are renamed at the end, so a failure leaves no partial WAV behind. The caller has
+    checked that every take is finite.
+    """
+    import soundfile  # imported here: only the CLIs write files
+
+    if normalize:
+        audio = peak_normalize(audio)
+    elif not float_wav and (n := clipped_samples(audio)):
+        log.warning(
+            "%d of %d samples exceed full scale and are clipped in the 16-bit WAV (peak %.3f); "
+            "pass --normalize to scale them down or --float-wav to keep them",
+            n,
+            audio.size,
+            float(np.abs(audio).max()),
+        )
+    tmp_paths = [p.with_name(f".{p.name}.partial") for p in paths]
+    try:
+        for tmp, take in zip(tmp_paths, audio):
+            soundfile.write(
+                str(tmp),
+                np.ascontiguousarray(take.T),
+                sample_rate,
+                subtype="FLOAT" if float_wav else "PCM_16",
+                format="WAV",
+            )
+        for tmp, path in zip(tmp_paths, paths):
+            tmp.replace(path)
+    finally:
+        for tmp in tmp_paths:
+            tmp.unlink(missing_ok=True)
