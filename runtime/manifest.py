@@ -17,7 +17,7 @@ from typing import Any
 from presto_common.errors import ArtifactError
 from presto_common.names import BACKENDS, COMPONENTS  # noqa: F401  (the values the fields take)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-artifact flops and weight_bytes
 MANIFEST_FILE = "manifest.json"
 
 
@@ -45,6 +45,8 @@ class Artifact:
     batch: int  # static batch size of the bucket
     frames: int | None  # latent frames of the bucket; None for the text encoder
     budget: int | None = None  # blocks dropped; DiT only
+    flops: int = 0  # floating-point operations of one call (2 x multiply-accumulates), at export
+    weight_bytes: int = 0  # bytes of the weights one call reads, at the artifact's precision
     build: dict[str, Any] = field(default_factory=dict)  # backend details: versions, targets, times
 
     @property
