@@ -64,6 +64,57 @@ def run_main(body: Callable[[], list[Path]], argv: list[str], resolved: dict) ->
     return 0
 
 
+def add_request_flags(parser: argparse.ArgumentParser, default_duration: str) -> None:
+    """The flags of a generation request, shared by `presto_ref.generate` and `runtime.generate`:
+    prompt, -o, --bpm, --duration-s, --seed, --num-takes, --steps, --rho, --cfg, --mono, --width,
+    and the WAV flags. `default_duration` says in the help what no --duration-s means."""
+    parser.add_argument("prompt", help="text prompt describing the music")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="WAV path; with --num-takes N > 1, takes go to PATH_0.wav ... PATH_{N-1}.wav",
+    )
+    parser.add_argument("--bpm", type=float, default=120.0, help="beats per minute (default 120)")
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"seconds of audio, rounded to whole 960-sample frames (default: {default_duration})",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first take (default 0)")
+    parser.add_argument(
+        "--num-takes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="takes of the prompt in one batch, seeds seed..seed+N-1 (default 1)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sampling steps (default: the model's)"
+    )
+    parser.add_argument(
+        "--rho", type=float, default=None, help="Karras schedule rho >= 1 (default: the model's, 7)"
+    )
+    parser.add_argument(
+        "--cfg",
+        type=float,
+        default=None,
+        metavar="LAMBDA",
+        help="CFG++ guidance in [0, 1] for the dpmpp-2s sampler (default: the model's, 0.8)",
+    )
+    parser.add_argument(
+        "--mono", action="store_true", help="write mono; skip the mono-to-stereo model"
+    )
+    parser.add_argument(
+        "--width", type=float, default=1.0, help="stereo width: gain on the side (default 1)"
+    )
+    add_wav_flags(parser)
+
+
 def add_wav_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--float-wav", action="store_true", help="write 32-bit float WAV instead of 16-bit PCM"

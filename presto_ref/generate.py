@@ -22,7 +22,7 @@ import torch
 
 from presto_common.cli import (
     add_logging_flags,
-    add_wav_flags,
+    add_request_flags,
     run_main,
     setup_logging,
     take_paths,
@@ -46,15 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             prog, max_help_position=32
         ),
     )
-    p.add_argument("prompt", help="text prompt describing the music")
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        type=Path,
-        metavar="PATH",
-        help="WAV path; with --num-takes N > 1, takes go to PATH_0.wav ... PATH_{N-1}.wav",
-    )
+    add_request_flags(p, default_duration="the model's max")
     model = p.add_mutually_exclusive_group()
     model.add_argument(
         "--preset",
@@ -62,46 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"random-init preset {sorted(PRESETS)} (default {DEFAULT_PRESET})",
     )
     model.add_argument("--checkpoint", type=Path, metavar="DIR", help="checkpoint directory")
-    p.add_argument("--bpm", type=float, default=120.0, help="beats per minute (default 120)")
-    p.add_argument(
-        "--duration-s",
-        type=float,
-        default=None,
-        metavar="S",
-        help="seconds of audio, rounded to whole 960-sample frames (default: the model's max)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the first take (default 0)")
-    p.add_argument(
-        "--num-takes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="takes of the prompt in one batch, seeds seed..seed+N-1 (default 1)",
-    )
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the preset's)")
-    p.add_argument("--rho", type=float, default=None, help="Karras schedule rho >= 1 (default 7)")
     p.add_argument(
         "--sampler",
         choices=("ping-pong", "dpmpp-2s"),
         default=None,
         help="ping-pong for distilled models, dpmpp-2s (with CFG++) for the base model",
     )
-    p.add_argument(
-        "--cfg",
-        type=float,
-        default=None,
-        metavar="LAMBDA",
-        help="CFG++ guidance in [0, 1] for dpmpp-2s (default 0.8)",
-    )
-    p.add_argument("--mono", action="store_true", help="write mono; skip the mono-to-stereo model")
-    p.add_argument(
-        "--width", type=float, default=1.0, help="stereo width: gain on the side (default 1)"
-    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument(
         "--dtype", choices=PRECISIONS, default="fp32", help="weights dtype (default fp32)"
     )
-    add_wav_flags(p)
     p.add_argument(
         "--init-seed", type=int, default=0, help="seed of the random init without --checkpoint"
     )
