@@ -1,0 +1,360 @@
+"""Kernel-level measurements behind the DiT's speed and its bf16 error, at a preset's shapes.
+
+Parts (--parts, default all), each timed with benchmarks.measure's timer (CUDA events, median of
+--runs after --warmup):
+
+  gemm       the DiT's projections as the reference runs them (q on the audio tokens; k and v on
+             [audio; text]; w1 and w3 apart) against the fused forms export uses (one [q|k|v] GEMM
+             on the audio tokens plus [k|v] on the text; [w1|w3] in one GEMM), beside an 8192^3
+             matmul, in bf16 with TFLOP/s
+  attention  one attention layer (1 x heads, T audio queries, T + S keys, the preset's head width)
+             with each SDPA backend that accepts it: with the text padding mask (memory-efficient,
+             cuDNN, math) and without it (flash, cuDNN, memory-efficient), so the mask's cost shows;
+             relative L2 error against fp32 for the masked cases
+  dit-error  the eager bf16 DiT at budget 0 against the fp32 one on this GPU (TF32 off): relative
+             L2 error with the defaults, with reduced-precision bf16 GEMM reductions off, with the
+             math attention, and on the CPU, so the error's source shows
+  dit-profile  the eager bf16 DiT at budget 0: median time and where its GPU time goes
+             (benchmarks.profile's kernel classes)
+  convs      the eager bf16 VAE decoder and mono-to-stereo model with cudnn.benchmark off and on
+
+The models are presto_ref's with seeded random weights (--init-seed); everything runs at batch 1
+and the preset's longest duration. A part that fails is recorded as "<part>_error" and the others
+still run; the exit code is then 1. The last stdout line is the whole result as one JSON document;
+--json PATH writes it too, after every part, so a run cut short keeps what it measured.
+
+examples:
+  python -m benchmarks.microbench --json microbench.json
+  python -m benchmarks.microbench --parts gemm,attention --runs 50
+  python -m benchmarks.microbench --preset small --parts dit-error,convs --json small.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.measure import Timer, time_fn
+from benchmarks.profile import profile_call
+from presto_common.cli import add_logging_flags, run_main, setup_logging
+from presto_common.errors import BackendUnavailable, PrestoError
+
+log = logging.getLogger("benchmarks.microbench")
+
+MATMUL_N = 8192  # the square bf16 matmul that gives this GPU's dense rate (benchmarks.measure)
+TEXT_KEPT = 20  # unmasked text tokens of the attention part's padding mask (a short prompt)
+AUDIO_SCALE = 0.2  # RMS of the random mono audio fed to the mono-to-stereo model
+
+
+# --- the parts -------------------------------------------------------------------------------------
+
+
+class Bench:
+    """What every part needs: the device, the timer, run counts, and the preset's model (built once)."""
+
+    def __init__(self, preset: str, init_seed: int, runs: int, warmup: int) -> None:
+        from presto_ref.presets import get_preset
+
+        self.device = torch.device("cuda")
+        self.timer = Timer(self.device)
+        self.runs, self.warmup = runs, warmup
+        self.preset, self.init_seed = preset, init_seed
+        self.config = get_preset(preset)
+        self.models: dict[torch.dtype, Any] = {}
+
+    def time_ms(self, fn: Callable[[], Any]) -> dict[str, float]:
+        """median_ms, p90_ms, min_ms, cv and runs of fn() (benchmarks.measure.time_fn)."""
+        return time_fn(self.timer, lambda i: fn(), self.runs, self.warmup)
+
+    def model(self, dtype: torch.dtype, device: torch.device | str):
+        """The preset's reference model (presto_ref) with seeded random weights in `dtype`, eval
+        mode, moved to `device`. Built once per dtype: every part shares it (and moves it)."""
+        if dtype not in self.models:
+            from presto_ref.checkpoint import random_model
+
+            self.models[dtype] = random_model(self.config, self.init_seed).eval().to(dtype)
+        return self.models[dtype].to(device)
+
+    def dit_inputs(self) -> tuple[torch.Tensor, ...]:
+        """x (1, C_lat, T_lat) at sigma 1, T5 tokens (1, S, D_text), a short prompt's mask, BPM
+        120, on the CPU: the arguments of `Presto.denoise` after sigma."""
+        cfg = self.config
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, cfg.dit.latent_channels, cfg.max_frames, generator=g)
+        text = torch.randn(1, cfg.text.max_tokens, cfg.text.d_model, generator=g)
+        mask = torch.zeros(1, cfg.text.max_tokens, dtype=torch.bool)
+        mask[:, :TEXT_KEPT] = True
+        return x, text, mask, torch.full((1,), 120.0)
+
+
+def rel_l2(test: torch.Tensor, reference: torch.Tensor) -> float:
+    test, reference = test.double().cpu(), reference.double().cpu()
+    return ((test - reference).norm() / reference.norm()).item()
+
+
+def gemm(b: Bench) -> dict[str, Any]:
+    cfg, dev, bf16 = b.config.dit, b.device, torch.bfloat16
+    T, S, D, H = b.config.max_frames, b.config.text.max_tokens, cfg.width, cfg.ffn_hidden
+
+    def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, device=dev, dtype=bf16) * scale
+
+    a, t, h = randn(T, D), randn(S, D), randn(T, H)  # audio tokens, projected text, FFN hidden
+    at = torch.cat([a, t])
+    wq, wk, wv, wo = (randn(D, D, scale=D**-0.5) for _ in range(4))
+    w1, w3 = randn(D, H, scale=D**-0.5), randn(D, H, scale=D**-0.5)
+    w2 = randn(H, D, scale=H**-0.5)
+    wqkv, wkv, w13 = torch.cat([wq, wk, wv], 1), torch.cat([wk, wv], 1), torch.cat([w1, w3], 1)
+    big = randn(MATMUL_N, MATMUL_N)
+    rows: dict[str, tuple[Callable[[], Any], int]] = {  # name: (call, FLOPs)
+        f"matmul_{MATMUL_N}": (lambda: big @ big, 2 * MATMUL_N**3),
+        "q_k_v_apart": (lambda: (a @ wq, at @ wk, at @ wv), 2 * D * D * (T + 2 * (T + S))),
+        "qkv_fused_plus_text_kv": (lambda: (a @ wqkv, t @ wkv), 2 * D * D * (3 * T + 2 * S)),
+        "o": (lambda: a @ wo, 2 * T * D * D),
+        "w1_w3_apart": (lambda: (a @ w1, a @ w3), 4 * T * D * H),
+        "w13_fused": (lambda: a @ w13, 4 * T * D * H),
+        "w2": (lambda: h @ w2, 2 * T * D * H),
+    }
+    out = {}
+    for name, (fn, flop) in rows.items():
+        row = b.time_ms(fn)
+        row["tflops"] = flop / row["median_ms"] / 1e9
+        out[name] = row
+        print(
+            f"gemm {name:<24} {row['median_ms']:8.4f} ms {row['tflops']:8.1f} TFLOP/s", flush=True
+        )
+    return out
+
+
+def attention(b: Bench) -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg, dev, bf16 = b.config.dit, b.device, torch.bfloat16
+    heads, d = cfg.num_heads, cfg.width // cfg.num_heads
+    T, S = b.config.max_frames, b.config.text.max_tokens
+    q = torch.randn(1, heads, T, d, device=dev, dtype=bf16)
+    k = torch.randn(1, heads, T + S, d, device=dev, dtype=bf16)
+    v = torch.randn_like(k)
+    mask = torch.ones(1, 1, 1, T + S, dtype=torch.bool, device=dev)
+    mask[..., T + TEXT_KEPT :] = False  # audio keys all kept, text keys past the prompt masked
+    flop = 4 * heads * T * (T + S) * d
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    cases = [
+        ("efficient_mask", SDPBackend.EFFICIENT_ATTENTION, mask),
+        ("cudnn_mask", SDPBackend.CUDNN_ATTENTION, mask),
+        ("math_mask", SDPBackend.MATH, mask),
+        ("flash_nomask", SDPBackend.FLASH_ATTENTION, None),
+        ("cudnn_nomask", SDPBackend.CUDNN_ATTENTION, None),
+        ("efficient_nomask", SDPBackend.EFFICIENT_ATTENTION, None),
+    ]
+    out: dict[str, Any] = {"shape": {"heads": heads, "queries": T, "keys": T + S, "head_dim": d}}
+    for name, backend, m in cases:
+        fn = lambda m=m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        try:
+            with sdpa_kernel([backend]):
+                y = fn()
+                row: dict[str, Any] = b.time_ms(fn)
+        except RuntimeError as err:  # this backend refuses the head width, the mask or the GPU
+            out[name] = {"refused": str(err).splitlines()[0][:200]}
+            print(f"attn {name:<18} refused: {out[name]['refused']}", flush=True)
+            continue
+        row["tflops"] = flop / row["median_ms"] / 1e9
+        row["rel_l2_vs_fp32"] = rel_l2(y, ref) if m is not None else None
+        out[name] = row
+        err = "" if m is None else f"  rel L2 vs fp32 {row['rel_l2_vs_fp32']:.2e}"
+        print(
+            f"attn {name:<18} {row['median_ms']:8.4f} ms {row['tflops']:8.1f} TFLOP/s{err}",
+            flush=True,
+        )
+    return out
+
+
+def dit_error(b: Bench) -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cpu_in = b.dit_inputs()
+    gpu_in = tuple(t.to(b.device) for t in cpu_in)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    reduced = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            fp32 = b.model(torch.float32, b.device)
+            ref = fp32.denoise(gpu_in[0], 1.0, *gpu_in[1:], budget=0).cpu()
+            fp32.cpu()
+            low = b.model(torch.bfloat16, "cpu")
+            errors = {"cpu_bf16": rel_l2(low.denoise(cpu_in[0], 1.0, *cpu_in[1:], budget=0), ref)}
+            low.to(b.device)
+            run = lambda: low.denoise(gpu_in[0], 1.0, *gpu_in[1:], budget=0)
+            errors["gpu_bf16_default"] = rel_l2(run(), ref)
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+            errors["gpu_bf16_no_reduced_reduction"] = rel_l2(run(), ref)
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = reduced
+            with sdpa_kernel([SDPBackend.MATH]):
+                errors["gpu_bf16_math_attention"] = rel_l2(run(), ref)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = reduced
+    for name, err in errors.items():
+        print(f"dit b0 {name:<30} rel L2 vs GPU fp32 {err:.3e}", flush=True)
+    return {"rel_l2_vs_fp32": errors}
+
+
+def dit_profile(b: Bench) -> dict[str, Any]:
+    x, text, mask, bpm = (t.to(b.device) for t in b.dit_inputs())
+    low = b.model(torch.bfloat16, b.device)
+    with torch.no_grad():
+        run = lambda: low.denoise(x, 1.0, text, mask, bpm, budget=0)
+        out: dict[str, Any] = {"time": b.time_ms(run)}
+        out["profile"] = profile_call(run, warmup=0, top=15)
+    prof = out["profile"]
+    print(
+        f"dit b0 eager bf16 {out['time']['median_ms']:.2f} ms; {prof['kernel_ms']:.2f} ms of "
+        f"kernels in {prof['launches']} launches",
+        flush=True,
+    )
+    for name, c in prof["classes"].items():
+        print(f"  {name:<12} {c['ms']:8.3f} ms {c['launches']:5d} launches {c['share']:6.1%}")
+    return out
+
+
+def convs(b: Bench) -> dict[str, Any]:
+    cfg = b.config
+    low = b.model(torch.bfloat16, b.device)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, cfg.dit.latent_channels, cfg.max_frames, generator=g).to(b.device)
+    samples = cfg.max_frames * cfg.vae.hop_length
+    mono = (AUDIO_SCALE * torch.randn(1, 1, samples, generator=g)).to(b.device)
+    width = torch.ones(1, device=b.device)
+    out: dict[str, Any] = {}
+    old = torch.backends.cudnn.benchmark
+    try:
+        with torch.no_grad():
+            for flag in (False, True):
+                torch.backends.cudnn.benchmark = flag
+                for name, fn in (
+                    ("vae_decoder", lambda: low.decode(latents)),
+                    ("stereo", lambda: low.to_stereo(mono, width)),
+                ):
+                    row = b.time_ms(fn)
+                    out[f"{name}_cudnn_benchmark_{flag}"] = row
+                    print(
+                        f"eager bf16 {name:<12} cudnn.benchmark={flag!s:<5} "
+                        f"{row['median_ms']:8.3f} ms",
+                        flush=True,
+                    )
+    finally:
+        torch.backends.cudnn.benchmark = old
+    return out
+
+
+PARTS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "gemm": gemm,
+    "attention": attention,
+    "dit-error": dit_error,
+    "dit-profile": dit_profile,
+    "convs": convs,
+}
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.microbench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        metavar="LIST",
+        help=f"comma-separated, from {','.join(PARTS)} (default: all)",
+    )
+    p.add_argument(
+        "--preset", default="presto-ls", metavar="NAME", help="shapes and model (default presto-ls)"
+    )
+    p.add_argument("--init-seed", type=int, default=0, metavar="N", help="model seed (default 0)")
+    p.add_argument("--runs", type=int, default=20, metavar="N", help="timed runs (default 20)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs (default 5)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the result here")
+    add_logging_flags(p)
+    return p
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    """Write atomically, so a run killed mid-write leaves the previous complete file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        parser.error(f"--parts {args.parts!r}: unknown {unknown}; choose from {','.join(PARTS)}")
+    if args.runs < 1 or args.warmup < 0:
+        parser.error(f"--runs {args.runs} must be >= 1 and --warmup {args.warmup} >= 0")
+    setup_logging(args)
+    outputs: list[Path] = []
+
+    def body() -> list[Path]:
+        failed: list[str] = []
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(
+                "benchmarks.microbench measures CUDA kernels and no CUDA device is available; "
+                "run it on the GPU machine (scripts/gpu_round.sh with STEPS=micro)"
+            )
+        bench = Bench(args.preset, args.init_seed, args.runs, args.warmup)
+        report: dict[str, Any] = {
+            "preset": args.preset,
+            "gpu": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "complete": False,
+        }
+        for name in parts:
+            start = time.perf_counter()
+            try:
+                report[name] = PARTS[name](bench)
+            except Exception as err:  # noqa: BLE001  one failed part must not hide the others
+                log.warning("part %s failed: %r; the other parts still run", name, err)
+                report[name + "_error"] = repr(err)
+                failed.append(name)
+            log.info("part %s: %.1f s", name, time.perf_counter() - start)
+            torch.cuda.empty_cache()
+            if args.json:
+                write_json(args.json, report)
+        report["complete"] = True
+        if args.json:
+            write_json(args.json, report)
+            outputs.append(args.json)
+        print(json.dumps(report))
+        if failed:
+            raise PrestoError(
+                f"parts {','.join(failed)} failed (their errors are under <part>_error in the "
+                f"result); the other parts' figures stand"
+            )
+        return outputs
+
+    return run_main(body, argv, {"parts": args.parts, "preset": args.preset})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
