@@ -4,12 +4,18 @@
     audio = pipe.generate(["warm lofi piano"], seeds=[0], bpm=90, duration_s=32)
     audio.samples.shape, audio.sample_rate      # (1, 2, 1411200), 44100
 
-The chain per request: text encoder (cached per prompt) -> the DiT engine of each step's budget in
-the 4-step ping-pong loop (x = sigma_0 z_0; x0 = D(x, sigma_i); x = x0 + sigma_{i+1} z_{i+1}) -> VAE
-decoder -> mono-to-stereo. On CUDA the part after the text encoder is captured once per bucket
-(batch, frames, sigmas, budgets, stereo) in a CUDA graph and replayed, with the request's noise, text
-tokens, BPM and width copied into the graph's input buffers first. Calls are serialised by a lock,
-so threads may share one pipeline.
+The chain per request: text encoder (cached per prompt) -> the sampler the manifest names, calling
+the DiT engine of each noise level's budget (ping-pong: x = sigma_0 z_0; x0 = D(x; sigma_i);
+x = x0 + sigma_{i+1} z_{i+1}; or DPM-Solver++(2S) with CFG++) -> VAE decoder -> mono-to-stereo.
+`Pipeline.bucket` resolves one (batch, frames, schedule, sampler, stereo) bucket and its engines
+(`runtime.bucket.Bucket`, whose stages can be run one by one); on CUDA its chain after the text
+encoder is captured once in a CUDA graph and replayed, with the request's noise, text tokens, BPM
+and width copied into the graph's input buffers first. Calls are serialised by a lock, so threads
+may share one pipeline.
+
+For dpmpp-2s the DiT runs the conditional and unconditional passes of a batch-B request in one call
+when the build has DiT engines at batch 2B for the bucket, else in two calls at batch B; the VAE
+decoder and the mono-to-stereo model always run at B.
 """
 
 from __future__ import annotations
@@ -28,11 +34,11 @@ from torch import Tensor
 from presto_common.cli import write_wavs
 from presto_common.errors import BackendUnavailable, InputError, NumericalError, ShapeError
 from presto_common.names import BACKEND_ALIASES
-from presto_common.noise import draw_all
 from presto_common.tokenizer import encode_bytes
+from runtime.bucket import Bucket
 from runtime.engines import Engine, backend_available, open_engine
-from runtime.graphs import CapturedChain
 from runtime.manifest import Artifact, Manifest
+from runtime.sampling import check_kind, evaluations, num_draws
 from runtime.schedule import schedule
 
 log = logging.getLogger(__name__)
@@ -84,19 +90,17 @@ class Pipeline:
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self._engines: dict[str, Engine] = {}
         self._text_cache: dict[str, tuple[Tensor, Tensor]] = {}
-        self._graphs: dict[tuple, CapturedChain] = {}
-        self._lock = threading.Lock()
+        self._buckets: dict[tuple, Bucket] = {}
+        self._lock = threading.RLock()  # shared with the buckets: one call at a time
 
     def release_graphs(self) -> int:
         """Drop every captured CUDA graph and its private memory pool; returns how many.
 
-        Each (batch, frames, schedule, stereo) chain keeps a pool as large as its peak working set,
-        which at large batches is most of the GPU. The next generate() of a chain captures it again.
+        Each bucket's graph keeps a pool as large as its peak working set, which at large batches
+        is most of the GPU. The next `generate` or `Bucket.run` of a bucket captures it again.
         """
         with self._lock:
-            n = len(self._graphs)
-            self._graphs.clear()
-        return n
+            return sum(bucket.release_graph() for bucket in self._buckets.values())
 
     # --- choosing artifacts ---
 
@@ -134,45 +138,92 @@ class Pipeline:
         suffix = "-cpu.pt2" if self.device.type == "cpu" else "-cuda.pt2"
         return any(a.file.endswith(suffix) for a in self.manifest.artifacts if a.backend == backend)
 
+    def _for_device(self, art: Artifact) -> bool:
+        return art.backend != "torch" or art.file.endswith(f"-{self.device.type}.pt2")
+
+    def _found(self, component: str, **match) -> list[Artifact]:
+        found = self.manifest.find(component, self.backend, **match)
+        return [a for a in found if self._for_device(a)]
+
+    def _dit_batches(self, batch: int) -> tuple[int, ...]:
+        """DiT engine batches that serve request batch B, preferred first."""
+        if self.manifest.sampler.kind == "dpmpp-2s":
+            return (2 * batch, batch)
+        return (batch,)
+
+    def built_buckets(self) -> list[tuple[int, int]]:
+        """(B, T_lat) request buckets this backend and device can run, ascending.
+
+        A bucket needs the VAE decoder at batch B and the DiT at a batch its sampler calls it with:
+        B for ping-pong; 2B ([cond; uncond] in one call) or B (two calls) for dpmpp-2s.
+        """
+        decoders = {(a.batch, a.frames) for a in self._found("vae_decoder")}
+        dits = {(a.batch, a.frames) for a in self._found("dit")}
+        return sorted(
+            (b, f) for b, f in decoders if any((d, f) in dits for d in self._dit_batches(b))
+        )
+
+    def built_batches(self) -> list[int]:
+        """Request batch sizes B with at least one built bucket, ascending."""
+        return sorted({b for b, _ in self.built_buckets()})
+
     def built_frames(self, batch: int) -> list[int]:
-        """Latent-frame buckets of this backend and device at `batch`, ascending."""
-        found = self.manifest.find("dit", self.backend, batch=batch)
-        return sorted({a.frames for a in found if self._for_device(a)})
+        """Latent-frame buckets T_lat this backend and device run at request batch B, ascending."""
+        return [f for b, f in self.built_buckets() if b == batch]
 
     def artifact(
         self, component: str, batch: int, frames: int | None, budget: int | None = None
     ) -> Artifact:
-        found = [
-            a
-            for a in self.manifest.find(
-                component, self.backend, batch=batch, frames=frames, budget=budget
-            )
-            if self._for_device(a)
-        ]
+        """The artifact of a component at engine batch, frames (and DiT budget).
+
+        Raises ShapeError naming the nearest built bucket and the build flag that adds this one.
+        """
+        found = self._found(component, batch=batch, frames=frames, budget=budget)
         if found:
             return found[0]
-        buckets = sorted({(a.batch, a.frames) for a in self.manifest.find(component, self.backend)})
-        if component == "dit" and any(b == batch and f == frames for b, f in buckets):
-            built = sorted({a.budget for a in self.manifest.find("dit", self.backend)})
+        buckets = sorted({(a.batch, a.frames) for a in self._found(component)})
+        if component == "dit" and (batch, frames) in buckets:
+            built = sorted({a.budget for a in self._found("dit")})
             raise ShapeError(
                 f"no DiT engine for budget {budget} (built: {built}); rebuild with "
                 f"`python -m export.build --budgets {','.join(map(str, sorted({*built, budget})))}` "
                 f"or pick steps and rho whose budgets were built"
             )
+        raise self._no_bucket(f"no {component} engine for", batch, frames, buckets)
+
+    def _no_bucket(
+        self, what: str, batch: int, frames: int | None, buckets: Sequence[tuple[int, int | None]]
+    ) -> ShapeError:
+        """ShapeError: `what` batch B (and frames) is not built; the nearest and the fix."""
         hop, sr = self.manifest.hop_length, self.manifest.sample_rate
-        near = min(buckets, key=lambda bf: (abs(bf[0] - batch), abs((bf[1] or 0) - (frames or 0))))
         want = f"batch {batch}" + (
             f", {frames} frames ({frames * hop / sr:.2f} s)" if frames else ""
         )
-        have = f"batch {near[0]}" + (f", {near[1] * hop / sr:.2f} s" if near[1] else "")
-        raise ShapeError(
-            f"no {component} engine for {want}; the nearest built bucket is {have}; rebuild with "
-            f"`python -m export.build --batch-sizes {batch}"
-            + (f" --durations-s {frames * hop / sr:.2f}`" if frames else "`")
+        fix = f"`python -m export.build --batch-sizes {batch}" + (
+            f" --durations-s {frames * hop / sr:.2f}`" if frames else "`"
         )
+        if not buckets:
+            return ShapeError(f"{what} {want}: {self.folder} has none; rebuild with {fix}")
+        near = min(buckets, key=lambda bf: (abs(bf[0] - batch), abs((bf[1] or 0) - (frames or 0))))
+        have = f"batch {near[0]}" + (f", {near[1] * hop / sr:.2f} s" if near[1] else "")
+        return ShapeError(f"{what} {want}; the nearest built bucket is {have}; rebuild with {fix}")
 
-    def _for_device(self, art: Artifact) -> bool:
-        return art.backend != "torch" or art.file.endswith(f"-{self.device.type}.pt2")
+    def _dit_batch(self, batch: int, frames: int) -> int:
+        """The DiT engine batch of request bucket (B, T_lat): for dpmpp-2s 2B before B."""
+        for dit_batch in self._dit_batches(batch):
+            if self._found("dit", batch=dit_batch, frames=frames):
+                return dit_batch
+        if self.manifest.sampler.kind == "ping-pong":
+            dits = sorted({(a.batch, a.frames) for a in self._found("dit")})
+            raise self._no_bucket("no dit engine for", batch, frames, dits)
+        # dpmpp-2s: DiT batches are not request batches, so name the request buckets there are.
+        raise self._no_bucket(
+            f"no DiT engine at batch {2 * batch} (conditional and unconditional in one call) or "
+            f"{batch} (in two) for the dpmpp-2s request of",
+            batch,
+            frames,
+            self.built_buckets(),
+        )
 
     def _engine(self, art: Artifact) -> Engine:
         if art.file not in self._engines:
@@ -182,36 +233,144 @@ class Pipeline:
             )
         return self._engines[art.file]
 
+    def _text_artifact(self, batch: int) -> Artifact:
+        """The batch-1 text encoder (run per prompt, cached) if built, else the batch-B one."""
+        one = self._found("text_encoder", batch=1)
+        return one[0] if one else self.artifact("text_encoder", batch, None)
+
     # --- stages ---
 
     def encode_text(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """T5 tokens (B, S, D) and mask (B, S) on the device, cached per prompt (batch-1 engine)."""
         ids, mask = encode_bytes(list(prompts), self.manifest.max_tokens)
-        one = [
-            a
-            for a in self.manifest.find("text_encoder", self.backend, batch=1)
-            if self._for_device(a)
-        ]
-        if not one:  # no batch-1 encoder: encode the whole batch at once, uncached
-            art = self.artifact("text_encoder", len(prompts), None)
+        art = self._text_artifact(len(prompts))
+        if art.batch != 1:  # no batch-1 encoder: encode the whole batch at once, uncached
             (tokens,) = self._engine(art)(
                 torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
             )
             return tokens, torch.from_numpy(mask).to(self.device)
-        engine = self._engine(one[0])
+        engine = self._engine(art)
         rows = []
-        for i, prompt in enumerate(prompts):
-            if prompt not in self._text_cache:
-                (tok,) = engine(
-                    torch.from_numpy(ids[i : i + 1]).to(self.device),
-                    torch.from_numpy(mask[i : i + 1]).to(self.device),
-                )
-                self._text_cache[prompt] = (tok, torch.from_numpy(mask[i : i + 1]).to(self.device))
-            rows.append(self._text_cache[prompt])
+        with self._lock:
+            for i, prompt in enumerate(prompts):
+                if prompt not in self._text_cache:
+                    (tok,) = engine(
+                        torch.from_numpy(ids[i : i + 1]).to(self.device),
+                        torch.from_numpy(mask[i : i + 1]).to(self.device),
+                    )
+                    self._text_cache[prompt] = (
+                        tok,
+                        torch.from_numpy(mask[i : i + 1]).to(self.device),
+                    )
+                rows.append(self._text_cache[prompt])
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
+    def bucket(
+        self,
+        batch: int,
+        duration_s: float | None = None,
+        num_steps: int | None = None,
+        rho: float | None = None,
+        stereo: bool = True,
+        cfg_scale: float | None = None,
+    ) -> Bucket:
+        """Resolve (and cache) the bucket of a request: B takes of duration_s seconds.
+
+        duration_s=None takes the longest built for B; num_steps, rho and cfg_scale (CFG++ lambda,
+        dpmpp-2s only) None take the manifest's defaults. Loads the bucket's engines (checking their
+        sha256). Raises InputError for values outside the model, ShapeError for a bucket that was
+        not built (naming the nearest and the build flag), ArtifactError for a sampler this runtime
+        does not know.
+        """
+        m = self.manifest
+        kind = check_kind(m.sampler.kind)
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise InputError(f"batch={batch!r} must be an integer >= 1")
+        if duration_s is None:  # the longest bucket built for this batch size
+            built = self.built_frames(batch)
+            duration_s = max(built, default=0) * m.hop_length / m.sample_rate or m.max_duration_s
+        if not (math.isfinite(duration_s) and 0 < duration_s <= m.max_duration_s):
+            raise InputError(
+                f"duration_s={duration_s} must be in (0, {m.max_duration_s:g}] s for {m.model_name}"
+            )
+        frames = round(duration_s * m.sample_rate / m.hop_length)
+        if frames < 1:
+            raise InputError(
+                f"duration_s={duration_s} is shorter than one latent frame; ask for more"
+            )
+        if kind == "ping-pong":
+            if cfg_scale is not None:
+                raise InputError(
+                    f"cfg_scale={cfg_scale}: guidance applies to the dpmpp-2s sampler only, and "
+                    f"this build samples with ping-pong; leave cfg_scale unset"
+                )
+        else:
+            cfg_scale = m.sampler.cfg_scale if cfg_scale is None else float(cfg_scale)
+            if not 0 <= cfg_scale <= 1:
+                raise InputError(
+                    f"cfg_scale={cfg_scale} must be in [0, 1] (the CFG++ lambda; the build's "
+                    f"default is {m.sampler.cfg_scale:g})"
+                )
+        sigmas, budgets = schedule(m.sampler, num_steps, rho)
+        key = (batch, frames, tuple(sigmas), tuple(budgets), stereo, cfg_scale)
+        with self._lock:
+            if key not in self._buckets:
+                self._buckets[key] = self._resolve(
+                    batch, frames, sigmas, budgets, stereo, cfg_scale
+                )
+            return self._buckets[key]
+
+    def _resolve(
+        self,
+        batch: int,
+        frames: int,
+        sigmas: list[float],
+        budgets: list[int],
+        stereo: bool,
+        cfg_scale: float | None,
+    ) -> Bucket:
+        m, kind = self.manifest, self.manifest.sampler.kind
+        calls = evaluations(kind, sigmas, budgets, m.sampler.budgets, m.sampler.sigma_thresholds)
+        dit_batch = self._dit_batch(batch, frames)
+        artifacts = {
+            "text_encoder": [self._text_artifact(batch)],
+            "dit": [
+                self.artifact("dit", dit_batch, frames, b) for b in sorted({b for _, b in calls})
+            ],
+            "vae_decoder": [self.artifact("vae_decoder", batch, frames)],
+        }
+        if stereo:
+            artifacts["stereo"] = [self.artifact("stereo", batch, frames)]
+        m2s = self._engine(artifacts["stereo"][0]) if stereo else None
+        return Bucket(
+            batch=batch,
+            frames=frames,
+            sample_rate=m.sample_rate,
+            hop_length=m.hop_length,
+            latent_channels=m.latent_channels,
+            sampler_kind=kind,
+            sigmas=sigmas,
+            budgets=budgets,
+            evaluations=calls,
+            dit_batch=dit_batch,
+            cfg_scale=cfg_scale,
+            stereo=stereo,
+            num_draws=num_draws(kind, len(sigmas)),
+            artifacts=artifacts,
+            dits={a.budget: self._engine(a) for a in artifacts["dit"]},
+            decoder=self._engine(artifacts["vae_decoder"][0]),
+            mono_to_stereo=m2s,
+            encode_text=self.encode_text,
+            device=self.device,
+            cuda_graph=self.cuda_graph,
+            lock=self._lock,
+        )
+
     def chain_engines(self, batch: int, frames: int, budgets: Sequence[int], stereo: bool):
-        """({budget: DiT engine}, decoder, mono-to-stereo or None) for one bucket, loaded once."""
+        """({budget: DiT engine}, decoder, mono-to-stereo or None) at engine batch `batch`.
+
+        Kept for callers written before `bucket`; new code should use `bucket(...)` and its stages.
+        """
         dits = {
             b: self._engine(self.artifact("dit", batch, frames, b)) for b in sorted(set(budgets))
         }
@@ -232,59 +391,34 @@ class Pipeline:
         rho: float | None = None,
         stereo: bool = True,
         width: float = 1.0,
+        cfg_scale: float | None = None,
     ) -> Audio:
         """Generate one take per prompt, take b from seeds[b]. Thread-safe (calls are serialised).
 
-        duration_s=None takes the longest duration bucket the build has for this batch size.
+        duration_s=None takes the longest duration bucket the build has for this batch size;
+        cfg_scale (the CFG++ lambda in [0, 1]) applies to dpmpp-2s builds only.
         """
         m = self.manifest
-        if len(prompts) != len(seeds) or not prompts:
+        # 1. Validate the request before any work.
+        if isinstance(prompts, str) or len(prompts) != len(seeds) or not prompts:
             raise InputError(
                 f"got {len(prompts)} prompts and {len(seeds)} seeds; give one seed per prompt"
             )
         lo, hi = m.bpm_range
         if not (math.isfinite(bpm) and lo <= bpm <= hi):
             raise InputError(f"bpm={bpm} is outside [{lo:g}, {hi:g}]; pass a BPM in that range")
-        if duration_s is None:  # the longest bucket built for this batch size
-            built = [
-                a.frames
-                for a in m.find("dit", self.backend, batch=len(prompts))
-                if self._for_device(a)
-            ]
-            duration_s = max(built, default=0) * m.hop_length / m.sample_rate or m.max_duration_s
-        if not (math.isfinite(duration_s) and 0 < duration_s <= m.max_duration_s):
-            raise InputError(
-                f"duration_s={duration_s} must be in (0, {m.max_duration_s:g}] s for {m.model_name}"
-            )
         if not math.isfinite(width):
             raise InputError(f"width={width} must be a finite number (1.0 is the model's width)")
-        frames = round(duration_s * m.sample_rate / m.hop_length)
-        if frames < 1:
-            raise InputError(
-                f"duration_s={duration_s} is shorter than one latent frame; ask for more"
-            )
-        sigmas, budgets = schedule(m.sampler, num_steps, rho)
         B = len(prompts)
         with self._lock:
-            text, mask = self.encode_text(prompts)
-            dits, decoder, m2s = self.chain_engines(B, frames, budgets, stereo)
-            noise = [
-                z.to(self.device) for z in draw_all(seeds, (m.latent_channels, frames), len(sigmas))
-            ]
+            # 2. Resolve the bucket and load its engines; 3. text, noise and the per-take scalars.
+            bucket = self.bucket(B, duration_s, num_steps, rho, stereo, cfg_scale)
+            text, mask = bucket.encode_text(prompts)
+            noise = bucket.noise(seeds)
             bpm_t = torch.full((B,), float(bpm), device=self.device)
             width_t = torch.full((B,), float(width), device=self.device)
-            if self.cuda_graph:
-                key = (B, frames, tuple(sigmas), tuple(budgets), stereo)
-                if key not in self._graphs:
-                    self._graphs[key] = CapturedChain(
-                        lambda *a: run_chain(dits, decoder, m2s, sigmas, budgets, *a),
-                        (text, mask, bpm_t, width_t, *noise),
-                    )
-                latents, audio = self._graphs[key].replay((text, mask, bpm_t, width_t, *noise))
-            else:
-                latents, audio = run_chain(
-                    dits, decoder, m2s, sigmas, budgets, text, mask, bpm_t, width_t, *noise
-                )
+            # 4. The chain after the text encoder (a CUDA-graph replay on CUDA).
+            latents, audio = bucket.run(text, mask, bpm_t, width_t, noise)
             for name, t in (("latents", latents), ("audio", audio)):
                 if not torch.isfinite(t).all():
                     raise NumericalError(
@@ -293,30 +427,3 @@ class Pipeline:
                     )
             samples = audio.float().cpu().numpy()
         return Audio(samples=samples, sample_rate=m.sample_rate, seeds=tuple(int(s) for s in seeds))
-
-
-def run_chain(
-    dits: dict,
-    decoder: Engine,
-    m2s: Engine | None,
-    sigmas: Sequence[float],
-    budgets: Sequence[int],
-    text: Tensor,
-    mask: Tensor,
-    bpm: Tensor,
-    width: Tensor,
-    *noise: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """The ping-pong loop, the decoder and the mono-to-stereo model: (latents, audio (B, C, T))."""
-    B = text.shape[0]
-    x = sigmas[0] * noise[0]
-    for i, (sigma, budget) in enumerate(zip(sigmas, budgets)):
-        sigma_t = torch.full((B,), sigma, dtype=torch.float32, device=x.device)
-        (x0,) = dits[budget](x, sigma_t, text, mask, bpm)
-        if i + 1 < len(sigmas):
-            x = x0 + sigmas[i + 1] * noise[i + 1]
-    (mono,) = decoder(x0)
-    if m2s is None:
-        return x0, mono
-    (stereo,) = m2s(mono, width)
-    return x0, stereo
