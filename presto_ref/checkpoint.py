@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from presto_common.errors import CheckpointError, ConfigError
+from presto_common.files import read_json
 from presto_ref.config import PrestoConfig
 from presto_ref.pipeline import CHECKPOINT_PARTS, Presto
 from presto_ref.presets import get_preset
@@ -77,17 +78,15 @@ def save_checkpoint(model: Presto, directory: str | Path, overwrite: bool = Fals
 def read_config(directory: str | Path) -> PrestoConfig:
     """The config stored in a checkpoint directory."""
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"{directory} is not a checkpoint: {CONFIG_FILE} is missing; point --checkpoint at a folder "
-            f"written by presto_ref.checkpoint.save_checkpoint"
-        )
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(
-            f"{path} is not valid JSON ({err}); the checkpoint is corrupt"
-        ) from None
+    meta = read_json(
+        path,
+        CheckpointError,
+        missing=f"{directory} is not a checkpoint: {CONFIG_FILE} is missing; point --checkpoint at "
+        f"a folder written by presto_ref.checkpoint.save_checkpoint",
+        fix="the checkpoint is corrupt; save it again",
+    )
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds {type(meta).__name__}, not an object; save it again")
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has format {meta.get('format')!r} version {meta.get('format_version')!r}; "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from presto_common.errors import ArtifactError
+from presto_common.files import read_json
 from presto_common.names import BACKENDS, COMPONENTS  # noqa: F401  (the values the fields take)
 
 SCHEMA_VERSION = 2  # 2: per-artifact flops and weight_bytes
@@ -130,15 +131,13 @@ class Manifest:
     def load(cls, folder: str | Path) -> Manifest:
         """Read `folder/manifest.json`; raises ArtifactError if missing, unreadable or unknown."""
         path = Path(folder) / MANIFEST_FILE
-        if not path.is_file():
-            raise ArtifactError(
-                f"{path} not found: {folder} is not a build folder; make one with "
-                f"`python -m export.build --out {folder}`"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ArtifactError(f"{path} is not valid JSON ({err}); rebuild the folder") from None
+        data = read_json(
+            path,
+            ArtifactError,
+            missing=f"{path} not found: {folder} is not a build folder; make one with "
+            f"`python -m export.build --out {folder}`",
+            fix=f"rebuild the folder with `python -m export.build --out {folder}`",
+        )
         return cls.from_dict(data, str(path))
 
     # --- queries ---

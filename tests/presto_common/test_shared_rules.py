@@ -125,3 +125,19 @@ def test_wavs_report_clipping_and_normalize_on_request(tmp_path, caplog) -> None
     kept, _ = soundfile.read(str(paths[0]), always_2d=True)
     assert kept.max() == pytest.approx(1.5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_0.wav", "a_1.wav"]  # no partials
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"\xff\xfe{}", "not UTF-8"), (b"{not json", "not valid JSON")],
+)
+def test_read_json_turns_bad_files_into_one_line(tmp_path, content: bytes, reason: str) -> None:
+    from presto_common.files import read_json
+
+    path = tmp_path / "manifest.json"
+    path.write_bytes(content)
+    with pytest.raises(ArtifactError, match=f"{reason}.*; rebuild it") as err:
+        read_json(path, ArtifactError, missing="gone", fix="rebuild it")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ArtifactError, match="^gone$"):
+        read_json(tmp_path / "absent.json", ArtifactError, missing="gone", fix="rebuild it")
