@@ -7,7 +7,8 @@ rule and the tokenizer that the runtime must reproduce exactly).
 Shape legend used in docstrings and comments:
     B      batch (takes)
     C      channels (C_lat = 32 latent channels)
-    T      audio samples at 44.1 kHz
+    T      audio samples at 44.1 kHz (inside the VAE and stereo blocks: samples at that block's
+           rate, T / the remaining upsampling)
     T_lat  latent frames, T = 960 * T_lat (32 s = 1470 frames = 1,411,200 samples)
     D      model width
     S      text tokens (max_tokens, 128 for the paper-scale presets)

@@ -52,7 +52,7 @@ class EDMPrecond(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(self, x: Tensor, sigma: Tensor, **cond: Tensor | int) -> Tensor:
-        """x: (B, C, T) noisy latents, sigma: (B,) -> denoised x0: (B, C, T) float32."""
+        """x: (B, C_lat, T_lat) noisy latents, sigma: (B,) -> x0: (B, C_lat, T_lat) float32."""
         c_skip, c_out, c_in, c_noise = (
             c[:, None, None] for c in edm_coefficients(sigma, self.sigma_data)
         )

@@ -4,8 +4,8 @@ Noise follows `presto_common.noise` (the runtime uses the same rule, so it match
 bit for bit in fp32): take b owns one CPU generator seeded with its seed, drawn in order for the
 starting noise and then once per re-noising step. A take depends on its seed only.
 
-Denoisers take latents x: (B, C, T) float32 and a Python float sigma, and return x0 of the same shape;
-`sigma` is a float so that a caller can pick a layer budget (a static graph) per noise level.
+Denoisers take latents x: (B, C_lat, T_lat) float32 and a Python float sigma and return x0 of the
+same shape; sigma is a float so that a caller can pick a layer budget (a static graph) per level.
 """
 
 from __future__ import annotations
