@@ -1,7 +1,8 @@
 """Print a preset's parameter counts and FLOPs per component, built on the meta device (no memory).
 
-FLOPs are counted by torch.utils.flop_counter on shape-only tensors for one forward pass at the
-given duration (matmuls, convolutions and attention; elementwise work is not counted).
+FLOPs are counted by `presto_ref.flops.forward_flops` (torch.utils.flop_counter on shape-only
+tensors) for one forward pass at the given duration: matmuls, convolutions and attention, 2 x
+multiply-accumulates; elementwise work is not counted. Export writes the same counts into manifests.
 
 examples:
   python -m presto_ref.describe
@@ -16,10 +17,10 @@ import json
 import sys
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from presto_common.cli import run_main
 from presto_ref.config import PrestoConfig
+from presto_ref.flops import forward_flops
 from presto_ref.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 
@@ -28,51 +29,37 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def describe(config: PrestoConfig, duration_s: float) -> dict:
-    """Parameters and forward FLOPs at batch 1 for each component of `config`."""
+    """Parameters and forward FLOPs at batch 1 for each component of `config` (presto_ref.flops)."""
     from presto_ref.pipeline import Presto  # the model, built without weights memory
 
     with torch.device("meta"):
         model = Presto(config)
     frames = config.frames_for_duration(duration_s)
-    samples = frames * config.hop_length
-    S, D_text = config.text.max_tokens, config.text.d_model
-
-    def flops(fn) -> int:
-        with torch.device("meta"), FlopCounterMode(display=False) as counter:
-            fn()
-        return counter.get_total_flops()
-
-    ids = torch.zeros(1, S, dtype=torch.long, device="meta")
-    mask = torch.ones(1, S, dtype=torch.bool, device="meta")
-    x = torch.zeros(1, config.dit.latent_channels, frames, device="meta")
-    text = torch.zeros(1, S, D_text, device="meta")
-    c_noise, bpm = torch.zeros(1, device="meta"), torch.zeros(1, device="meta")
-    mono = torch.zeros(1, 1, samples, device="meta")
-
-    rows = {
-        "text_encoder": (model.text_encoder, lambda: model.text_encoder(ids, mask)),
-        "dit": (model.dit, lambda: model.dit(x, c_noise, text, mask, bpm, budget=0)),
-        "vae_decoder": (model.vae.decoder, lambda: model.vae.decoder(x)),
-        "vae_encoder": (model.vae.encoder, lambda: model.vae.encoder(mono)),
-        "stereo": (model.stereo, lambda: model.stereo(mono)),
+    modules = {
+        "text_encoder": model.text_encoder,
+        "dit": model.dit,
+        "vae_decoder": model.vae.decoder,
+        "vae_encoder": model.vae.encoder,
+        "stereo": model.stereo,
     }
-    out = {
+    return {
         "preset": config.name,
         "duration_s": config.duration_for_frames(frames),
         "frames": frames,
-        "samples": samples,
-        "components": {},
+        "samples": frames * config.hop_length,
+        "components": {
+            name: {
+                "parameters": count_parameters(module),
+                "gflop": forward_flops(config, name, frames=frames) / 1e9,
+            }
+            for name, module in modules.items()
+        },
+        "dit_gflop_per_budget": {
+            str(b): forward_flops(config, "dit", frames=frames, budget=b) / 1e9
+            for b in config.sampler.budgets.distinct_budgets
+        },
+        "total_parameters": count_parameters(model),
     }
-    for name, (module, fn) in rows.items():
-        out["components"][name] = {"parameters": count_parameters(module), "gflop": flops(fn) / 1e9}
-    per_budget = {}
-    for budget in config.sampler.budgets.distinct_budgets:
-        per_budget[str(budget)] = (
-            flops(lambda b=budget: model.dit(x, c_noise, text, mask, bpm, budget=b)) / 1e9
-        )
-    out["dit_gflop_per_budget"] = per_budget
-    out["total_parameters"] = count_parameters(model)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
