@@ -12,6 +12,9 @@ bf16 build of one component have the same interface.
     stereo         mono (B, 1, T), width (B,)                              -> stereo (B, 2, T)
 
 The DiT graph contains the EDM preconditioning, so it maps noisy latents and sigma to x0 directly.
+Each component has one small function that makes its spec (`dit_spec`, ...); `make_specs` lists a
+build's. For a dpmpp-2s model the DiT is built at 2B rows (CFG++'s conditional and unconditional
+passes in one call) for B takes; ping-pong builds keep B.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from export.fold import fold_weight_norm, replace_transposed_convs
 from export.fuse import fuse_dit_projections
 from presto_common.errors import ConfigError
 from presto_common.names import COMPONENTS, torch_dtype
+from presto_ref.config import PrestoConfig
 from presto_ref.pipeline import Presto
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -147,7 +151,7 @@ def graph_for(model: Presto, component: str, budget: int | None = None) -> nn.Mo
     raise ConfigError(f"unknown component {component!r}; expected one of {COMPONENTS}")
 
 
-# --- building the list -----------------------------------------------------------------------------
+# --- the export-ready model and the buckets it can be built for ----------------------------------
 
 
 def export_model(model: Presto, precision: Precision) -> Presto:
@@ -165,6 +169,123 @@ def export_model(model: Presto, precision: Precision) -> Presto:
     return clone.float().eval().to(dtype)
 
 
+def dit_batch_size(config: PrestoConfig, batch: int) -> int:
+    """Rows of a DiT call for B takes: 2B for dpmpp-2s, whose CFG++ runs the conditional and the
+    unconditional pass of every evaluation in one call ([cond; uncond]); B otherwise."""
+    return 2 * batch if config.sampler.kind == "dpmpp-2s" else batch
+
+
+def check_buckets(
+    config: PrestoConfig,
+    batch_sizes: tuple[int, ...],
+    frames: tuple[int, ...],
+    budgets: tuple[int, ...],
+) -> None:
+    """ConfigError naming the first batch size, frame count or budget `config` cannot take."""
+    for b in batch_sizes:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError(
+                f"batch size {b!r} must be >= 1, a whole number of takes; e.g. --batch-sizes 1,4"
+            )
+    for budget in budgets:
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise ConfigError(
+                f"budget {budget!r} must be a whole number of blocks dropped; e.g. --budgets 0,8"
+            )
+        if not 0 <= budget < config.dit.num_blocks:
+            raise ConfigError(
+                f"budget {budget} cannot be built: {config.name} has {config.dit.num_blocks} "
+                f"blocks, so a budget is 0..{config.dit.num_blocks - 1}"
+            )
+    for n in frames:
+        if not 1 <= n <= config.max_frames:
+            raise ConfigError(
+                f"a bucket of {n} frames ({config.duration_for_frames(n):.2f} s) is outside what "
+                f"{config.name} takes: 1..{config.max_frames} frames "
+                f"(max {config.max_duration_s:g} s)"
+            )
+
+
+# --- one spec per component: `model` is an export_model() copy, whose weights the module shares ---
+
+F32, I64, BOOL = torch.float32, torch.int64, torch.bool
+
+
+def text_encoder_spec(model: Presto, precision: Precision, batch: int) -> ExportSpec:
+    """ids (B, S) int64, mask (B, S) bool -> tokens (B, S, D_text)."""
+    S, D_text = model.config.text.max_tokens, model.config.text.d_model
+    return ExportSpec(
+        component="text_encoder",
+        precision=precision,
+        batch=batch,
+        frames=None,
+        budget=None,
+        module=graph_for(model, "text_encoder"),
+        inputs=(TensorSpec("ids", I64, (batch, S)), TensorSpec("mask", BOOL, (batch, S))),
+        outputs=(TensorSpec("tokens", F32, (batch, S, D_text)),),
+    )
+
+
+def dit_spec(
+    model: Presto, precision: Precision, batch: int, frames: int, budget: int
+) -> ExportSpec:
+    """D(x; sigma) at one budget: x (B, C_lat, T_lat), sigma (B,), text (B, S, D_text),
+    text_mask (B, S) bool, bpm (B,) -> x0 (B, C_lat, T_lat). `batch` is the call's rows (2B for
+    dpmpp-2s, see `dit_batch_size`)."""
+    cfg = model.config
+    S, D_text, C = cfg.text.max_tokens, cfg.text.d_model, cfg.dit.latent_channels
+    B, T = batch, frames
+    return ExportSpec(
+        component="dit",
+        precision=precision,
+        batch=B,
+        frames=T,
+        budget=budget,
+        module=graph_for(model, "dit", budget),
+        inputs=(
+            TensorSpec("x", F32, (B, C, T)),
+            TensorSpec("sigma", F32, (B,)),
+            TensorSpec("text", F32, (B, S, D_text)),
+            TensorSpec("text_mask", BOOL, (B, S)),
+            TensorSpec("bpm", F32, (B,)),
+        ),
+        outputs=(TensorSpec("x0", F32, (B, C, T)),),
+    )
+
+
+def vae_decoder_spec(model: Presto, precision: Precision, batch: int, frames: int) -> ExportSpec:
+    """latents (B, C_lat, T_lat) -> audio (B, 1, T), T = hop_length * T_lat."""
+    C, samples = model.config.dit.latent_channels, frames * model.config.hop_length
+    return ExportSpec(
+        component="vae_decoder",
+        precision=precision,
+        batch=batch,
+        frames=frames,
+        budget=None,
+        module=graph_for(model, "vae_decoder"),
+        inputs=(TensorSpec("latents", F32, (batch, C, frames)),),
+        outputs=(TensorSpec("audio", F32, (batch, 1, samples)),),
+    )
+
+
+def stereo_spec(model: Presto, precision: Precision, batch: int, frames: int) -> ExportSpec:
+    """mono (B, 1, T), width (B,) -> stereo (B, 2, T), T = hop_length * T_lat."""
+    samples = frames * model.config.hop_length
+    return ExportSpec(
+        component="stereo",
+        precision=precision,
+        batch=batch,
+        frames=frames,
+        budget=None,
+        module=graph_for(model, "stereo"),
+        inputs=(TensorSpec("mono", F32, (batch, 1, samples)), TensorSpec("width", F32, (batch,))),
+        outputs=(TensorSpec("stereo", F32, (batch, 2, samples)),),
+    )
+
+
+# --- the list a build makes -----------------------------------------------------------------------
+
+
 def make_specs(
     model: Presto,
     precision: Precision,
@@ -173,97 +294,30 @@ def make_specs(
     budgets: tuple[int, ...] | None = None,
     components: tuple[str, ...] = COMPONENTS,
 ) -> list[ExportSpec]:
-    """Specs for every component, DiT budget and (batch, frames) bucket.
+    """Specs for every component, DiT budget and (batch, frames) bucket, in build order.
 
     frames defaults to the config's maximum duration (1470 frames = 32 s for the paper presets);
-    budgets default to the distinct budgets of the config's schedule. The text encoder is built at
-    batch 1 alone when 1 is among batch_sizes (the runtime uses no other then).
+    budgets default to the distinct budgets of the config's schedule. batch_sizes are takes B: the
+    DiT is built at `dit_batch_size` rows (2B for dpmpp-2s), the rest at B. The text encoder is
+    built at batch 1 alone when 1 is among batch_sizes (the runtime uses no other then).
     """
     cfg = model.config
     frames = frames or (cfg.max_frames,)
     budgets = budgets if budgets is not None else cfg.sampler.budgets.distinct_budgets
-    for b in budgets:
-        if not 0 <= b < cfg.dit.num_blocks:
-            raise ConfigError(
-                f"budget {b} cannot be built: {cfg.name} has {cfg.dit.num_blocks} blocks, so a "
-                f"budget is 0..{cfg.dit.num_blocks - 1}"
-            )
-    for n in frames:
-        if not 1 <= n <= cfg.max_frames:
-            raise ConfigError(
-                f"a bucket of {n} frames ({cfg.duration_for_frames(n):.2f} s) is outside what "
-                f"{cfg.name} takes: 1..{cfg.max_frames} frames (max {cfg.max_duration_s:g} s)"
-            )
-    for b in batch_sizes:
-        if b < 1:
-            raise ConfigError(f"batch size {b} must be >= 1")
+    check_buckets(cfg, batch_sizes, frames, budgets)
     m = export_model(model, precision)
-    S, D_text, C = cfg.text.max_tokens, cfg.text.d_model, cfg.dit.latent_channels
-    f32, i64, boolean = torch.float32, torch.int64, torch.bool
     specs: list[ExportSpec] = []
     # runtime.Pipeline encodes prompt by prompt (and caches each) with a batch-1 text encoder when
     # the build has one, so a batch-B encoder beside it would never run: build it only without one.
     text_batches = (1,) if 1 in batch_sizes else batch_sizes
     for B in batch_sizes:
         if "text_encoder" in components and B in text_batches:
-            specs.append(
-                ExportSpec(
-                    "text_encoder",
-                    precision,
-                    B,
-                    None,
-                    None,
-                    graph_for(m, "text_encoder"),
-                    (TensorSpec("ids", i64, (B, S)), TensorSpec("mask", boolean, (B, S))),
-                    (TensorSpec("tokens", f32, (B, S, D_text)),),
-                )
-            )
+            specs.append(text_encoder_spec(m, precision, B))
         for T in frames:
-            samples = T * cfg.hop_length
             if "dit" in components:
-                for budget in budgets:
-                    specs.append(
-                        ExportSpec(
-                            "dit",
-                            precision,
-                            B,
-                            T,
-                            budget,
-                            graph_for(m, "dit", budget),
-                            (
-                                TensorSpec("x", f32, (B, C, T)),
-                                TensorSpec("sigma", f32, (B,)),
-                                TensorSpec("text", f32, (B, S, D_text)),
-                                TensorSpec("text_mask", boolean, (B, S)),
-                                TensorSpec("bpm", f32, (B,)),
-                            ),
-                            (TensorSpec("x0", f32, (B, C, T)),),
-                        )
-                    )
+                specs += [dit_spec(m, precision, dit_batch_size(cfg, B), T, b) for b in budgets]
             if "vae_decoder" in components:
-                specs.append(
-                    ExportSpec(
-                        "vae_decoder",
-                        precision,
-                        B,
-                        T,
-                        None,
-                        graph_for(m, "vae_decoder"),
-                        (TensorSpec("latents", f32, (B, C, T)),),
-                        (TensorSpec("audio", f32, (B, 1, samples)),),
-                    )
-                )
+                specs.append(vae_decoder_spec(m, precision, B, T))
             if "stereo" in components:
-                specs.append(
-                    ExportSpec(
-                        "stereo",
-                        precision,
-                        B,
-                        T,
-                        None,
-                        graph_for(m, "stereo"),
-                        (TensorSpec("mono", f32, (B, 1, samples)), TensorSpec("width", f32, (B,))),
-                        (TensorSpec("stereo", f32, (B, 2, samples)),),
-                    )
-                )
+                specs.append(stereo_spec(m, precision, B, T))
     return specs
