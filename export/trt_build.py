@@ -218,6 +218,7 @@ def build_engine(
     timing_cache: Path | None = None,
     optimization_level: int = 3,
     decomposable_attention: bool = False,
+    trt_module: ModuleType | None = None,
     log: logging.Logger = log,
 ) -> EngineBuild:
     """Build a static-shape engine from `onnx_path` and write it to `engine_path` atomically.
@@ -226,9 +227,11 @@ def build_engine(
     builds for this GPU at `optimization_level`, with `timing_cache` loaded if present and saved.
     `decomposable_attention` lets ONNX Attention nodes (opset 23) with no fused kernel for their
     dtype fall back to MatMul-Softmax-MatMul; RTX 1.7.1 has none for fp32 and fails without it.
+    `trt_module` is what `import_tensorrt(flavor)` returned, for callers that build many engines;
+    None imports it here.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    trt = import_tensorrt(flavor)
+    trt = trt_module if trt_module is not None else import_tensorrt(flavor)
     if flavor == "tensorrt" and compute_capabilities:
         raise ConfigError(
             f"compute_capabilities={compute_capabilities} needs --trt rtx; full TensorRT builds "
