@@ -1,20 +1,97 @@
 #!/usr/bin/env bash
-# One round on the GPU machine: install the carried wheels, run the GPU tests and the whole suite,
-# then profile the paper-scale eager reference in fp32 and bf16. Results go to $OUT (or ./gpu-out).
-# Prepare here first:   bash ../shared/device/fetch-wheels.sh
-# Run there (device tool, carry .whl):   bash scripts/gpu_round.sh
+# One round on the GPU machine: install the carried wheels, record the GPU and versions, run the
+# device test suite, build the paper-scale bf16 torch packages at batch 1, and time them against the
+# committed H100 baseline. Everything lands under $OUT; the console gets the end of each step's log.
+#
+# Here, once, to fill .whl/ (soundfile, polygraphy, ... that the GPU image lacks):
+#   bash ../shared/device/fetch-wheels.sh
+# There, from the repository root, carrying .whl:
+#   bash scripts/gpu_round.sh                          # every default step (more than 10 minutes)
+#   STEPS=tests bash scripts/gpu_round.sh              # one step per 10-minute device call ...
+#   STEPS="build bench" bash scripts/gpu_round.sh      # ... while the machine keeps $ENGINES
+#
+# STEPS (default "tests build bench"; the environment is recorded every time):
+#   tests    python3 -m pytest -q -rs -m "gpu or trt"           -> $OUT/tests.log, tests.xml
+#   build    python3 -m export.build --preset presto-ls ... bf16, batch 1, into $ENGINES
+#   bench    python3 -m benchmarks.latency on $ENGINES, batch 1, torch / torch-nograph / eager-bf16,
+#            --compare $BASELINE (exit 1 on a regression)         -> $OUT/latency.json, latency.log
+#   profile  python3 -m benchmarks.profile on $ENGINES              -> $OUT/profile.json
+#   micro    python3 -m benchmarks.microbench (kernel-level)        -> $OUT/microbench.json
+# Other settings: OUT (default gpu-out), SITE (where the wheels are installed; default a new
+# temporary folder; a SITE that already holds them is reused), ENGINES (default
+# artifacts/presto-ls-cuda-bf16), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
+# RUNS (timed runs of bench, default 20), PRESTO_GPU_BUILDS (where the GPU tests build; see
+# tests/gpu/conftest.py). Exits 1 if any step failed, after running them all.
 set -uo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH="/tmp/site:$PWD" || exit 1
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/gpu.txt"
-cat "$OUT/gpu.txt"
-python3 -m pytest -q -rs -m "gpu or trt" 2>&1 | tee "$OUT/gpu-tests.log"
-python3 -m pytest -q -x 2>&1 | tail -5 | tee "$OUT/all-tests.log"
-for dtype in fp32 bf16; do
-  python3 -m benchmarks.reference --preset presto-ls --device cuda --dtype "$dtype" --repeats 5 \
-    --json "$OUT/reference-$dtype.json" 2>&1 | grep -v '^{' | tee "$OUT/reference-$dtype.txt"
+STEPS=${STEPS:-tests build bench}
+ENGINES=${ENGINES:-artifacts/presto-ls-cuda-bf16}
+BASELINE=${BASELINE:-benchmarks/baselines/h100-presto-ls-bf16.json}
+RUNS=${RUNS:-20}
+for step in $STEPS; do
+  case $step in
+    tests | build | bench | profile | micro) ;;
+    *) echo "unknown step '$step' in STEPS; choose from tests build bench profile micro" >&2; exit 2 ;;
+  esac
 done
+mkdir -p "$OUT"
+
+# --- environment -----------------------------------------------------------------------------------
+SITE=${SITE:-$(mktemp -d)}
+if [ ! -e "$SITE/.presto-wheels" ]; then
+  compgen -G ".whl/*.whl" > /dev/null || {
+    echo "no wheels in .whl/: run bash ../shared/device/fetch-wheels.sh here and carry .whl" >&2
+    exit 2
+  }
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 1
+  touch "$SITE/.presto-wheels"
+fi
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The GPU image sets CXX=/opt/gcc/bin/g++, and AOTInductor packages whose wrapper library it builds
+# segfault at load (in std::regex, while the model parses its device string; seen with cuda-gdb).
+# Build with the system compiler instead (export/torch_backend.py says the same).
+if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++; fi
+
+{
+  date -u +"date %Y-%m-%dT%H:%M:%SZ"
+  echo "git $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (tracked files differ)')"
+  echo "steps $STEPS"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  python3 -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" 2>&1
+  echo "CXX ${CXX:-unset} | SITE $SITE"
+} | tee "$OUT/env.txt"
+
+# --- steps -----------------------------------------------------------------------------------------
+declare -A STATUS=()
+run_step() {  # run_step NAME CMD...: full output to $OUT/NAME.log, its end to the console
+  local name=$1 start=$SECONDS
+  shift
+  echo "=== $name: $*" | tee "$OUT/$name.log"
+  "$@" >> "$OUT/$name.log" 2>&1
+  STATUS[$name]=$?
+  grep -v -E "^=== |Warning|warnings.warn|return cls|^\s*$" "$OUT/$name.log" | tail -n "${TAIL:-25}"
+  echo "=== $name: exit ${STATUS[$name]} after $((SECONDS - start)) s"
+}
+
+for step in $STEPS; do
+  case $step in
+    tests)
+      run_step tests python3 -m pytest -q -rs -m "gpu or trt" -p no:cacheprovider \
+        --junitxml "$OUT/tests.xml" ;;
+    build)
+      run_step build python3 -m export.build --preset presto-ls --backends torch --device cuda \
+        --precision bf16 --batch-sizes 1 --out "$ENGINES" ;;
+    bench)
+      run_step bench python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
+        --no-max-batch --backends torch,torch-nograph,eager-bf16 --runs "$RUNS" \
+        --json "$OUT/latency.json" --compare "$BASELINE" ;;
+    profile)
+      run_step profile python3 -m benchmarks.profile --engines "$ENGINES" --json "$OUT/profile.json" ;;
+    micro)
+      run_step micro python3 -m benchmarks.microbench --json "$OUT/microbench.json" ;;
+  esac
+done
+
+for step in $STEPS; do echo "$step: exit ${STATUS[$step]}"; done | tee "$OUT/steps.txt"
+if grep -q -v ": exit 0$" "$OUT/steps.txt"; then exit 1; fi
