@@ -5,6 +5,9 @@ examples:
   python -m runtime.generate "driving techno" --engines artifacts/presto-ls --backend torch \\
       --device cuda --bpm 128 --duration-s 32 --num-takes 4 --seed 7 -o take.wav
   python -m runtime.generate "ambient pads" --engines artifacts/tiny --mono --no-cuda-graph -o pads.wav
+  python -m runtime.generate "string quartet" --engines artifacts/presto-l --cfg 0.6 -o q.wav
+
+--cfg (the CFG++ lambda) applies to builds whose manifest samples with dpmpp-2s.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from presto_common.cli import (
     add_logging_flags,
-    add_wav_flags,
+    add_request_flags,
     run_main,
     setup_logging,
     take_paths,
@@ -35,44 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("prompt", help="text prompt describing the music")
+    add_request_flags(p, default_duration="the longest built bucket")
     p.add_argument("--engines", type=Path, required=True, metavar="DIR", help="build folder")
-    p.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        metavar="PATH",
-        help="WAV path; with --num-takes N > 1, PATH_0.wav ... PATH_{N-1}.wav",
-    )
-    p.add_argument("--bpm", type=float, default=120.0, help="beats per minute (default 120)")
-    p.add_argument(
-        "--duration-s",
-        type=float,
-        default=None,
-        metavar="S",
-        help="seconds, rounded to whole 960-sample frames (default: the longest built bucket)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the first take (default 0)")
-    p.add_argument(
-        "--num-takes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="takes in one batch, seeds seed..seed+N-1 (default 1)",
-    )
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the build's)")
-    p.add_argument(
-        "--rho", type=float, default=None, help="Karras schedule rho >= 1 (default: the build's)"
-    )
-    p.add_argument("--mono", action="store_true", help="skip the mono-to-stereo model")
-    p.add_argument("--width", type=float, default=1.0, help="stereo width (default 1)")
     p.add_argument(
         "--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto"
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run the chain uncaptured on CUDA")
-    add_wav_flags(p)
     add_logging_flags(p)
     return p
 
@@ -112,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             rho=args.rho,
             stereo=not args.mono,
             width=args.width,
+            cfg_scale=args.cfg,
         )
         log.info(
             "generated %d x %.2f s in %.2f s",

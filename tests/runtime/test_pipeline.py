@@ -187,6 +187,7 @@ def test_cli_writes_takes(build: Path, tmp_path: Path, reference) -> None:
         (["x", "--duration-s", "3"], "no .* engine for batch 1, 138 frames"),
         (["x", "--duration-s", "1", "--num-takes", "3"], "--batch-sizes 3"),
         (["x", "--duration-s", "1", "--backend", "tensorrt"], "TensorRT|CUDA GPU"),
+        (["x", "--duration-s", "1", "--cfg", "0.5"], "guidance applies to the dpmpp-2s"),
     ],
 )
 def test_cli_errors_are_one_line_and_write_nothing(
