@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.measure import Timer, time_fn
+from benchmarks.measure import Timer, prepare_profiler, time_fn
 from benchmarks.profile import profile_call
 from presto_common.cli import add_logging_flags, run_main, setup_logging
 from presto_common.errors import BackendUnavailable, PrestoError
@@ -66,6 +66,7 @@ class Bench:
 
         self.device = torch.device("cuda")
         self.timer = Timer(self.device)
+        prepare_profiler(self.device)  # before any CUDA graph of this process (benchmarks.measure)
         self.runs, self.warmup = runs, warmup
         self.preset, self.init_seed = preset, init_seed
         self.config = get_preset(preset)
