@@ -20,8 +20,9 @@
 # Other settings: OUT (default gpu-out), SITE (where the wheels are installed; default a new
 # temporary folder; a SITE that already holds them is reused), ENGINES (default
 # artifacts/presto-ls-cuda-bf16), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
-# RUNS (timed runs of bench, default 20), PRESTO_GPU_BUILDS (where the GPU tests build; see
-# tests/gpu/conftest.py). Exits 1 if any step failed, after running them all.
+# RUNS (timed runs of bench, default 20), PYTEST_ARGS (appended to the tests step's pytest, e.g.
+# "tests/gpu" to run that folder alone), PRESTO_GPU_BUILDS (where tests/gpu builds; see its
+# conftest.py). Exits 1 if any step failed, after running them all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -55,7 +56,11 @@ if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++; fi
 
 {
   date -u +"date %Y-%m-%dT%H:%M:%SZ"
-  echo "git $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (tracked files differ)')"
+  if commit=$(git rev-parse HEAD 2>/dev/null); then
+    echo "git $commit$(git diff --quiet HEAD || echo ' (tracked files differ)')"
+  else
+    echo "git: no repository here"
+  fi
   echo "steps $STEPS"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
   python3 -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)" 2>&1
@@ -77,8 +82,9 @@ run_step() {  # run_step NAME CMD...: full output to $OUT/NAME.log, its end to t
 for step in $STEPS; do
   case $step in
     tests)
+      # shellcheck disable=SC2086  # PYTEST_ARGS is split into arguments on purpose
       run_step tests python3 -m pytest -q -rs -m "gpu or trt" -p no:cacheprovider \
-        --junitxml "$OUT/tests.xml" ;;
+        --junitxml "$OUT/tests.xml" ${PYTEST_ARGS:-} ;;
     build)
       run_step build python3 -m export.build --preset presto-ls --backends torch --device cuda \
         --precision bf16 --batch-sizes 1 --out "$ENGINES" ;;

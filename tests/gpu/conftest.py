@@ -9,7 +9,9 @@
 The builds are `python -m export.build --preset small --backends torch --device cuda --precision P
 --batch-sizes 1 --durations-s 2`, one process per precision, both at once (compilation is mostly
 CPU work). PRESTO_GPU_BUILDS=DIR keeps them in DIR instead of pytest's temporary folder, so a second
-session there reuses every artifact whose inputs did not change (export.build's reuse check).
+session there reuses every artifact whose inputs did not change. export.build's reuse check compares
+the config, the weights and the tool versions, not the export code: after changing `export/`, use a
+fresh DIR (or none), or the tests judge the old packages.
 """
 
 from __future__ import annotations
