@@ -17,6 +17,8 @@
 #            --compare $BASELINE (exit 1 on a regression)         -> $OUT/latency.json, latency.log
 #   profile  python3 -m benchmarks.profile on $ENGINES              -> $OUT/profile.json
 #   micro    python3 -m benchmarks.microbench (kernel-level)        -> $OUT/microbench.json
+#   reference  python3 -m benchmarks.reference, the eager model in fp32 and bf16
+#                                                                   -> $OUT/reference-{fp32,bf16}.json
 # Other settings: OUT (default gpu-out), SITE (where the wheels are installed; default a new
 # temporary folder; a SITE that already holds them is reused), ENGINES (default
 # artifacts/presto-ls-cuda-bf16), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
@@ -32,8 +34,10 @@ BASELINE=${BASELINE:-benchmarks/baselines/h100-presto-ls-bf16.json}
 RUNS=${RUNS:-20}
 for step in $STEPS; do
   case $step in
-    tests | build | bench | profile | micro) ;;
-    *) echo "unknown step '$step' in STEPS; choose from tests build bench profile micro" >&2; exit 2 ;;
+    tests | build | bench | profile | micro | reference) ;;
+    *)
+      echo "unknown step '$step' in STEPS; choose from tests build bench profile micro reference" >&2
+      exit 2 ;;
   esac
 done
 mkdir -p "$OUT"
@@ -78,6 +82,12 @@ run_step() {  # run_step NAME CMD...: full output to $OUT/NAME.log, its end to t
   grep -v -E "^=== |Warning|warnings.warn|return cls|^\s*$" "$OUT/$name.log" | tail -n "${TAIL:-25}"
   echo "=== $name: exit ${STATUS[$name]} after $((SECONDS - start)) s"
 }
+eager_reference() {
+  for dtype in fp32 bf16; do
+    python3 -m benchmarks.reference --preset presto-ls --device cuda --dtype "$dtype" --repeats 5 \
+      --json "$OUT/reference-$dtype.json" || return 1
+  done
+}
 
 for step in $STEPS; do
   case $step in
@@ -96,6 +106,8 @@ for step in $STEPS; do
       run_step profile python3 -m benchmarks.profile --engines "$ENGINES" --json "$OUT/profile.json" ;;
     micro)
       run_step micro python3 -m benchmarks.microbench --json "$OUT/microbench.json" ;;
+    reference)
+      run_step reference eager_reference ;;
   esac
 done
 
