@@ -14,6 +14,7 @@ import io
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 18  # ONNX opset of every graph; TensorRT(-RTX) 10/11 and ONNX Runtime 1.18+ parse it
 PROTOBUF_LIMIT_BYTES = 2**31 - 2**26  # stay clear of protobuf's 2 GiB message limit
+TREESPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,14 @@ def export_onnx(spec: ExportSpec, path: Path, opset: int = OPSET) -> OnnxExport:
     tmp_dir.mkdir()
     try:
         raw = tmp_dir / path.name
-        # 1. Export. The exporter reports progress on stdout; keep it out of ours.
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        # 1. Export. The exporter reports progress on stdout; keep it out of ours, and its own
+        # deprecation warning (torch 2.13 deep-copies a pytree LeafSpec), which no caller can fix.
+        with (
+            torch.no_grad(),
+            contextlib.redirect_stdout(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.filterwarnings("ignore", TREESPEC_WARNING, FutureWarning)
             try:
                 torch.onnx.export(
                     spec.module.eval(),
