@@ -140,8 +140,9 @@ class Bucket:
         bpm: (dit_batch,). Returns x0 of x's shape.
         """
         if budget not in self._dits:
-            raise InputError(
-                f"budget {budget} is not one of this bucket's DiT engines ({sorted(self._dits)})"
+            raise ShapeError(
+                f"budget {budget} is not one of this bucket's DiT engines ({sorted(self._dits)}); "
+                f"pass one of bucket.budgets"
             )
         sigma_t = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
         (x0,) = self._dits[budget](x, sigma_t, text, text_mask, bpm)
