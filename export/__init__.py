@@ -1,1 +1,26 @@
-"""ONNX export and TensorRT engine building (not yet implemented: see the export issue)."""
+"""export: a Presto model to deployable artifacts (ONNX, TensorRT / TensorRT-RTX engines, PyTorch
+AOTInductor packages) and the `manifest.json` that describes them for `runtime`.
+
+    build_folder(out, preset=..., ...) -> Manifest   build (or reuse) every artifact into `out`
+    load_model(preset=..., checkpoint=...)           the model a build would take
+    available_backends()                             what this machine can build
+    forward_cost(model_or_config, component, ...)    FLOPs and weight bytes of one call, as
+    forward_flops(...)                               every manifest artifact records them
+
+The command line is `python -m export.build` (see its --help). ONNX, TensorRT and Polygraphy are
+imported only when a build needs them.
+"""
+
+from export.folder import BuiltArtifact, build_folder, load_model
+from export.plan import available_backends
+from presto_ref.flops import ForwardCost, forward_cost, forward_flops
+
+__all__ = [
+    "BuiltArtifact",
+    "ForwardCost",
+    "available_backends",
+    "build_folder",
+    "forward_cost",
+    "forward_flops",
+    "load_model",
+]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from export import forward_cost, trt_build
 from export.build import main
 from export.spec import make_specs
 from export.verify import compare, reference_output, run_onnx
@@ -29,6 +31,7 @@ BACKENDS = "onnx,tensorrt" if HAVE_RTX else "onnx"
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("build") / "small"
+    IMPORTS.clear()
     args = [
         "--preset",
         "small",
@@ -42,8 +45,21 @@ def small_build(tmp_path_factory) -> Path:
     ]
     if HAVE_RTX:
         args += ["--trt", "rtx", "--compute-capabilities", "8.0"]
-    assert main(args) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trt_build, "import_tensorrt", counted(trt_build.import_tensorrt))
+        assert main(args) == 0
     return out
+
+
+IMPORTS: list[str] = []  # the flavors small_build's import_tensorrt calls asked for
+
+
+def counted(import_tensorrt):
+    def wrapper(flavor: str):
+        IMPORTS.append(flavor)
+        return import_tensorrt(flavor)
+
+    return wrapper
 
 
 def test_every_component_and_budget_is_built(small_build: Path) -> None:
@@ -97,6 +113,24 @@ def test_engines_match_the_manifest(small_build: Path) -> None:
         ]
 
 
+@needs_rtx
+def test_tensorrt_is_imported_once_per_build(small_build: Path) -> None:
+    assert IMPORTS == ["rtx"]
+
+
+def test_every_artifact_records_its_cost(small_build: Path) -> None:
+    manifest = Manifest.load(small_build)
+    config = random_model("small", 0).config
+    for art in manifest.artifacts:
+        cost = forward_cost(config, art.component, art.batch, art.frames, art.budget, art.precision)
+        assert (art.flops, art.weight_bytes) == (cost.flops, cost.weight_bytes) != (0, 0), art.file
+    # A budget drops whole blocks: fewer FLOPs and fewer weights read.
+    dits = sorted(manifest.find("dit", "onnx"), key=lambda a: a.budget)
+    assert [a.budget for a in dits] == [0, 2, 4]
+    assert dits[0].flops > dits[1].flops > dits[2].flops
+    assert dits[0].weight_bytes > dits[1].weight_bytes > dits[2].weight_bytes
+
+
 def test_a_second_build_reuses_everything(small_build: Path, capsys) -> None:
     before = Manifest.load(small_build)
     args = [
@@ -119,7 +153,7 @@ def test_a_second_build_reuses_everything(small_build: Path, capsys) -> None:
 
 
 def tiny_build(out: Path, *extra: str) -> list[str]:
-    """argv of a quick tiny ONNX build (1 s bucket, no ORT check) into `out`."""
+    """argv of a quick tiny ONNX build (1 s bucket, no ORT check) into `out`: conftest.TINY_ONNX."""
     return ["--preset", "tiny", "--backends", "onnx", "--durations-s", "1", "--no-verify",
             "--out", str(out), "-q", *extra]  # fmt: skip
 
@@ -128,10 +162,11 @@ def reused_count(capsys) -> int:
     return capsys.readouterr().out.count("reused")
 
 
-def test_other_weights_are_rebuilt_not_reused(tmp_path: Path, capsys) -> None:
+def test_other_weights_are_rebuilt_not_reused(
+    tmp_path: Path, capsys, tiny_onnx_build: Path
+) -> None:
     # Same config, other weights (a retrained checkpoint): reusing would ship the old engines.
-    out = tmp_path / "b"
-    assert main(tiny_build(out, "--init-seed", "0")) == 0
+    out = shutil.copytree(tiny_onnx_build, tmp_path / "b")  # seed 0
     first = Manifest.load(out)
     capsys.readouterr()
     assert main(tiny_build(out, "--init-seed", "1")) == 0
@@ -141,9 +176,10 @@ def test_other_weights_are_rebuilt_not_reused(tmp_path: Path, capsys) -> None:
     assert not {a.sha256 for a in first.artifacts} & {a.sha256 for a in second.artifacts}
 
 
-def test_buckets_built_apart_are_assembled_with_reuse_from(tmp_path: Path, capsys) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main(tiny_build(one, "--batch-sizes", "1")) == 0
+def test_buckets_built_apart_are_assembled_with_reuse_from(
+    tmp_path: Path, capsys, tiny_onnx_build: Path
+) -> None:
+    one, two = shutil.copytree(tiny_onnx_build, tmp_path / "one"), tmp_path / "two"  # batch 1
     assert main(tiny_build(two, "--batch-sizes", "2")) == 0
     capsys.readouterr()
     assert main(tiny_build(one, "--batch-sizes", "1,2", "--reuse-from", str(two))) == 0

@@ -1,0 +1,154 @@
+"""The plan of a build: `build_folder`'s options (or the CLI's flags) checked against the model and
+resolved into one frozen `BuildPlan`, before anything is loaded onto a device or written.
+
+Defaults that depend on the machine or the model are filled here: the backends this machine can
+build, the full TensorRT flavor where it is importable (else TensorRT-RTX for sm_80), the longest
+duration the model takes and the budgets of its sampler schedule.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from export.spec import check_buckets
+from export.trt_build import DEFAULT_RTX_COMPUTE_CAPABILITIES, TRT_FLAVORS
+from presto_common.errors import BackendUnavailable, ConfigError
+from presto_common.names import BACKENDS, PRECISIONS
+from presto_ref.config import PrestoConfig
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """The resolved options of one build."""
+
+    backends: tuple[str, ...]  # in BACKENDS order; "onnx" is added when "tensorrt" is asked for
+    precision: str  # one of PRECISIONS, for every graph
+    batch_sizes: tuple[int, ...]  # takes B per bucket (a dpmpp-2s DiT is built at 2B rows)
+    frames: tuple[int, ...]  # latent frames per bucket, ascending
+    budgets: tuple[int, ...]  # DiT budgets (blocks dropped), ascending
+    trt_flavor: str | None  # "tensorrt" or "rtx" when engines are built, else None
+    compute_capabilities: tuple[str, ...]  # TensorRT-RTX ahead-of-time targets ("8.0"); else ()
+    device: str  # where the torch packages are compiled and must run: "cpu" or "cuda[:N]"
+    verify: bool  # check each ONNX file against the reference on ONNX Runtime (CPU)
+    reuse_from: tuple[Path, ...] = ()  # other build folders whose matching artifacts are taken
+
+
+def available_backends() -> tuple[str, ...]:
+    """What this machine can build: ONNX always; TensorRT or TensorRT-RTX if installed; torch."""
+    trt_modules = ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings")
+    have_trt = any(importlib.util.find_spec(m) for m in trt_modules)
+    return tuple(b for b in BACKENDS if b != "tensorrt" or have_trt)
+
+
+def plan_build(
+    config: PrestoConfig,
+    *,
+    backends: Sequence[str] | None = None,
+    precision: str = "fp32",
+    batch_sizes: Sequence[int] = (1,),
+    durations_s: Sequence[float] | None = None,
+    budgets: Sequence[int] | None = None,
+    trt: str | None = None,
+    compute_capabilities: Sequence[str] = (),
+    device: str = "cpu",
+    verify: bool = True,
+    reuse_from: Sequence[str | Path] = (),
+) -> BuildPlan:
+    """Check every option against `config` and this machine; fill the defaults.
+
+    Raises ConfigError for a value the model or the options do not allow, BackendUnavailable for
+    CUDA asked for where there is none; each names the value, what was expected and the fix.
+    """
+    # 1. Backends: onnx before the engines built from it.
+    asked = _items("backends", backends, str) if backends is not None else available_backends()
+    unknown = sorted(set(asked) - set(BACKENDS))
+    if unknown or not asked:
+        wrong = f"backends {list(asked)} has unknown {unknown}" if unknown else "backends is empty"
+        raise ConfigError(
+            f"{wrong}; choose from {','.join(BACKENDS)} (e.g. --backends onnx,tensorrt)"
+        )
+    if "tensorrt" in asked:
+        asked = ("onnx", *asked)  # engines are built from the ONNX files
+    chosen = tuple(b for b in BACKENDS if b in asked)
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision {precision!r} is unknown; choose from {', '.join(PRECISIONS)}"
+        )
+
+    # 2. Buckets: durations to whole latent frames, then every bucket checked against the model.
+    durations = (
+        (config.max_duration_s,)
+        if durations_s is None
+        else _items("durations_s", durations_s, float)
+    )
+    for d in durations:
+        if not (math.isfinite(d) and 0 < d <= config.max_duration_s):
+            raise ConfigError(
+                f"duration bucket {d:g} s is outside what {config.name} takes: "
+                f"(0, {config.max_duration_s:g}] s"
+            )
+    frames = tuple(sorted({config.frames_for_duration(d) for d in durations}))
+    batches = tuple(dict.fromkeys(_items("batch_sizes", batch_sizes, int)))  # unique, in order
+    chosen_budgets = (
+        config.sampler.budgets.distinct_budgets
+        if budgets is None
+        else tuple(sorted(set(_items("budgets", budgets, int))))
+    )
+    check_buckets(config, batches, frames, chosen_budgets)
+
+    # 3. TensorRT flavor and targets.
+    flavor = None
+    if trt is not None and trt not in TRT_FLAVORS:
+        raise ConfigError(f"trt={trt!r} is not a TensorRT flavor; choose from {TRT_FLAVORS}")
+    if "tensorrt" in chosen:
+        flavor = trt or ("tensorrt" if importlib.util.find_spec("tensorrt") else "rtx")
+    ccs = _items("compute_capabilities", compute_capabilities, str)
+    if ccs and flavor != "rtx":
+        raise ConfigError(
+            f"compute capabilities {list(ccs)} are for TensorRT-RTX engines (--trt rtx with "
+            "--backends tensorrt); full TensorRT builds for the GPU it runs on"
+        )
+    if flavor == "rtx" and not ccs:
+        ccs = DEFAULT_RTX_COMPUTE_CAPABILITIES
+
+    # 4. Where the torch packages are compiled.
+    if "torch" in chosen and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise BackendUnavailable(
+            f"device {device!r} asked for, but CUDA is not available; use --device cpu"
+        )
+    return BuildPlan(
+        backends=chosen,
+        precision=precision,
+        batch_sizes=batches,
+        frames=frames,
+        budgets=chosen_budgets,
+        trt_flavor=flavor,
+        compute_capabilities=ccs,
+        device=str(device),
+        verify=bool(verify),
+        reuse_from=tuple(Path(p) for p in _items("reuse_from", reuse_from, (str, Path))),
+    )
+
+
+def _items(name: str, value: object, kind: type | tuple[type, ...]) -> tuple:
+    """`value` as a tuple of `kind` (ints pass as floats); ConfigError naming it otherwise."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds:
+        kinds = (*kinds, int)
+    if isinstance(value, str) or not isinstance(value, (Sequence, set, frozenset)):
+        raise ConfigError(
+            f"{name}={value!r} must be a list or tuple of {' or '.join(k.__name__ for k in kinds)}"
+        )
+    items = tuple(value)
+    bad = [v for v in items if isinstance(v, bool) or not isinstance(v, kinds)]
+    if bad:
+        raise ConfigError(
+            f"{name}={value!r} holds {bad[0]!r}; expected {' or '.join(k.__name__ for k in kinds)}"
+        )
+    return items
