@@ -100,6 +100,8 @@ def build_folder(
     Raises a PrestoError subclass for anything the caller can fix (ConfigError for bad options,
     BackendUnavailable, CheckpointError, EngineBuildError); `out` is then left as it was.
     """
+    if not isinstance(out, (str, Path)):
+        raise ConfigError(f"out={out!r} must be a folder path (str or pathlib.Path)")
     if model is not None:
         if preset is not None or checkpoint is not None:
             raise ConfigError(

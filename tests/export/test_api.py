@@ -126,6 +126,11 @@ def test_cuda_without_cuda_is_backend_unavailable(tmp_path: Path, tiny_model) ->
     assert issubclass(BackendUnavailable, PrestoError)
 
 
+def test_out_must_be_a_path(tiny_model) -> None:
+    with pytest.raises(ConfigError, match="out=None must be a folder path"):
+        build_folder(None, model=tiny_model)
+
+
 def test_a_model_off_fp32_is_refused(tmp_path: Path) -> None:
     half = random_model("tiny", 0).to(torch.bfloat16)
     with pytest.raises(ConfigError, match=r"model is torch.bfloat16 on cpu; .* model.float\(\)"):
