@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -144,9 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     setup_logging(args)
-    # The ONNX exporter's IR passes narrate every rewrite at INFO (presto_common.cli's NOISY_LOGGERS
-    # does not list them yet); -v shows them.
-    logging.getLogger("onnx_ir").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
 
     def body() -> list[Path]:
         # The model first: the default --out is named after it.

@@ -24,7 +24,14 @@ from presto_common.errors import PrestoError
 log = logging.getLogger("presto")
 
 # Third-party loggers that narrate every pass at INFO; -v shows them.
-NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch._inductor", "torch.export", "onnxscript")
+NOISY_LOGGERS = (
+    "torch.onnx",
+    "torch._dynamo",
+    "torch._inductor",
+    "torch.export",
+    "onnxscript",
+    "onnx_ir",  # logs every graph rewrite
+)
 
 # Peak normalisation leaves this much headroom below full scale (-0.1 dBFS).
 NORMALIZE_PEAK = 10 ** (-0.1 / 20)

@@ -122,7 +122,7 @@ class Manifest:
             fields = {k: v for k, v in data.items() if k not in ("artifacts", "sampler")}
             fields["bpm_range"] = tuple(fields["bpm_range"])
             return cls(**fields, sampler=sampler, artifacts=artifacts)
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ArtifactError(
                 f"{where} is malformed ({err}); rebuild the folder with `python -m export.build`"
             ) from None

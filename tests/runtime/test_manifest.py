@@ -102,3 +102,11 @@ def test_missing_and_malformed_manifests(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION}))
     with pytest.raises(ArtifactError, match="malformed"):
         Manifest.load(tmp_path)
+
+
+def test_a_sampler_that_is_not_an_object_is_malformed_not_a_traceback(tmp_path: Path) -> None:
+    data = json.loads(make_manifest(tmp_path).to_json())
+    data["sampler"] = "ping-pong"
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="malformed.*rebuild"):
+        Manifest.load(tmp_path)
