@@ -3,7 +3,7 @@
 cuDNN's fast bf16 convolution kernels on Hopper take NHWC. A Conv1d on (B, C, T) is NCHW to cuDNN,
 so every call transposes its input to NHWC and its output back: in the H100 profile of the
 AOTInductor VAE decoder those transposes took 32% of the GPU time, and 44% in the mono-to-stereo
-model (scripts/gpu_dit_variants.py). Inductor's layout optimisation makes activations channels-last,
+model (docs/measurements.md). Inductor's layout optimisation makes activations channels-last,
 which removes the transposes, but only for 2-D convolutions. `conv1d_as_conv2d` swaps every Conv1d
 of a module for `Conv1dAs2d`, which computes the same convolution through conv2d on (B, C, 1, T);
 the squeeze and unsqueeze are views. The swap is undone on exit, so the ONNX export of the same

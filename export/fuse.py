@@ -1,8 +1,8 @@
 """Export-only fusion of the DiT's projections: fewer, wider GEMMs with the same maths.
 
 At batch 1 and 32 s the DiT's GEMMs have M = 1470 rows: too few tiles to fill an H100, so each
-launch runs at a fraction of the matmul rate (scripts/gpu_microbench.py measured q, k, v apart at
-135 TFLOP/s against 198 for one [q|k|v] GEMM, and w1, w3 apart at 314 against 348 fused). So:
+launch runs at a fraction of the matmul rate (benchmarks.microbench; docs/measurements.md: q, k, v
+apart at 135 TFLOP/s against 198 for one [q|k|v] GEMM, and w1, w3 apart at 314 against 348 fused):
 
 - attention: one GEMM with W_qkv = [W_q; W_k; W_v] over the audio tokens, and the text tokens'
   keys and values from the [W_k; W_v] rows of the same weight (a view, not a copy);

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 # then views the unpadded buffer with the padded strides. In fp32 the package fails at run time
 # ("setStorage ... out of bounds"); in bf16 it runs and returns x0 with 1.0e-1 relative L2 error
 # against fp32, where eager bf16 gives 1.5e-2 and the package built without padding 1.0e-2
-# (scripts/gpu_dit_variants.py; the figures are in the README).
+# (docs/measurements.md, "Inductor variants of the DiT", has the figures).
 DEFAULT_OPTIONS: Mapping[str, Any] = {"max_autotune": False, "comprehensive_padding": False}
 
 
