@@ -1,8 +1,9 @@
-"""How benchmarks.latency measures: wall time, run statistics, roofline rates, peak memory, launches.
+"""How the benchmarks measure: wall time, run statistics, roofline rates, peak memory, launches.
 
-Wall time uses CUDA events on a GPU and perf_counter on the CPU. Peak memory is read from torch's
-caching allocator, so it covers eager tensors, AOTInductor buffers and TensorRT I/O buffers, but not
-memory a library allocates itself (a TensorRT execution context's activations). Kernel launches are
+Wall time (ms) uses CUDA events on a GPU and perf_counter on the CPU (`Timer`, the one timer of
+every benchmark). Peak memory (MiB) is read from torch's caching allocator, so it covers eager
+tensors, AOTInductor buffers and TensorRT I/O buffers, but not memory a library allocates itself
+(a TensorRT execution context's activations). Kernel launches are
 counted from a torch.profiler trace of one call: CUDA runtime and driver launch API calls, graph
 launches, and the kernels that ran on the GPU.
 """
@@ -23,14 +24,8 @@ import torch
 MIB = 2**20
 # Host-side API calls that launch one kernel each (CUDA runtime and driver API).
 LAUNCH_APIS = frozenset(
-    {
-        "cudaLaunchKernel",
-        "cudaLaunchKernelExC",
-        "cudaLaunchCooperativeKernel",
-        "cuLaunchKernel",
-        "cuLaunchKernelEx",
-        "cuLaunchCooperativeKernel",
-    }
+    "cudaLaunchKernel cudaLaunchKernelExC cudaLaunchCooperativeKernel "
+    "cuLaunchKernel cuLaunchKernelEx cuLaunchCooperativeKernel".split()
 )
 # Host-side API calls that launch a whole captured CUDA graph.
 GRAPH_LAUNCH_APIS = frozenset({"cudaGraphLaunch", "cuGraphLaunch"})

@@ -1,10 +1,11 @@
 """Profile the eager PyTorch reference: wall time and peak memory per component, hidden-state variance.
 
 For one preset at batch 1: the text encoder, the DiT sampling loop (all steps, each at its budget),
-the VAE decoder and the mono-to-stereo model are timed separately with CUDA events (median of
---repeats runs after one warm-up) and their peak memory is read from the caching allocator. The
-per-block hidden-state variance of the DiT (the paper's Fig. 4) is recorded at several noise levels
-on one noisy latent. This is the eager baseline; compiled engines are measured by benchmarks.latency.
+the VAE decoder and the mono-to-stereo model are timed separately with benchmarks.measure's timer
+(--repeats runs after one warm-up: median, p90 and min in ms, cv) and, on CUDA, their peak memory is
+read from the caching allocator (MiB). The per-block hidden-state variance of the DiT (the paper's
+Fig. 4) is recorded at several noise levels on one noisy latent. benchmarks.latency times the same
+model (its eager-fp32 and eager-bf16 backends) beside the compiled engines.
 
 examples:
   python -m benchmarks.reference --preset tiny --device cpu --duration-s 2
@@ -15,43 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.measure import Timer, free_memory, peak_memory, time_fn
 from presto_common.names import PRECISIONS, torch_dtype
 
-SIGMAS_FOR_VARIANCE = (
-    80.0,
-    9.723,
-    1.0,
-    0.47,
-    0.05,
-    0.002,
-)  # the 4-step schedule and points between
-
-
-class Timer:
-    """Wall time of a callable in ms: CUDA events on a GPU, perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn) -> tuple[float, object]:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end), out
-        t0 = time.perf_counter()
-        out = fn()
-        return (time.perf_counter() - t0) * 1e3, out
+# The 4-step schedule's sigmas and points between.
+SIGMAS_FOR_VARIANCE = (80.0, 9.723, 1.0, 0.47, 0.05, 0.002)
 
 
 def hidden_variance(model, text, mask, bpm, num_frames: int, seed: int) -> dict[str, list[float]]:
@@ -95,16 +69,6 @@ def profile(
     num_frames = cfg.frames_for_duration(duration_s)
     bpm = torch.full((1,), 120.0, device=device)
     timer = Timer(device)
-    cuda = device.type == "cuda"
-
-    stages = {
-        "text_encoder": lambda: model.encode_text(request.prompts),
-        "dit_sampling": lambda: model.sample_latents(
-            text, mask, bpm, request.seeds, num_frames, sampler
-        ),
-        "vae_decoder": lambda: model.decode(latents),
-        "mono_to_stereo": lambda: model.to_stereo(mono),
-    }
     report: dict = {
         "preset": preset,
         "dtype": dtype,
@@ -115,31 +79,26 @@ def profile(
         "sampler": {"kind": sampler.kind, "num_steps": sampler.num_steps, "rho": sampler.rho},
         "stages": {},
     }
-    if cuda:
+    if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
+
+    def stage(name: str, fn):
+        """Time fn (one warm-up, then `repeats` runs) with its peak memory; its warm-up output."""
+        free_memory(device)
+        with peak_memory(device) as mem:
+            out = fn()
+            row = time_fn(timer, lambda i: fn(), repeats, 0)
+        report["stages"][name] = {**row, **mem}
+        return out
+
     with torch.inference_mode():
-        for name, fn in stages.items():
-            if cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            _, out = timer(fn)  # warm-up, and the output the next stage consumes
-            times = [timer(fn)[0] for _ in range(repeats)]
-            row = {"median_ms": statistics.median(times), "min_ms": min(times), "runs": repeats}
-            if cuda:
-                row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-                row["peak_above_inputs_mib"] = (
-                    torch.cuda.max_memory_allocated(device) - base
-                ) / 2**20
-            report["stages"][name] = row
-            if name == "text_encoder":
-                text, mask = out
-            elif name == "dit_sampling":
-                latents = out
-            elif name == "vae_decoder":
-                mono = out
-            else:
-                stereo = out
+        text, mask = stage("text_encoder", lambda: model.encode_text(request.prompts))
+        latents = stage(
+            "dit_sampling",
+            lambda: model.sample_latents(text, mask, bpm, request.seeds, num_frames, sampler),
+        )
+        mono = stage("vae_decoder", lambda: model.decode(latents))
+        stereo = stage("mono_to_stereo", lambda: model.to_stereo(mono))
         report["total_median_ms"] = sum(r["median_ms"] for r in report["stages"].values())
         report["weights_mib"] = (
             sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
@@ -185,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['duration_s']:.3f} s audio, batch 1"
     )
     for name, row in report["stages"].items():
-        mem = f"  peak {row['peak_mib']:9.1f} MiB" if "peak_mib" in row else ""
+        mem = f"  peak {row['peak_mib']:9.1f} MiB" if row["peak_mib"] is not None else ""
         print(f"  {name:<16}{row['median_ms']:10.2f} ms median  {row['min_ms']:10.2f} ms min{mem}")
     print(f"  {'total':<16}{report['total_median_ms']:10.2f} ms")
     for sigma, var in report["hidden_variance"].items():
