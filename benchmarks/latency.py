@@ -52,9 +52,9 @@ run ends, so a run cut short keeps what it measured; --compare refuses such a fi
      results: [{backend, kind, precision, cuda_graph, batch, batch_role, stages: {stage: row},
                 peak_memory_mib, kernel_launches, throughput_audio_s_per_s, speedup}]}
 
-With --preset NAME, export.build first builds (or reuses, when nothing changed) what --backends
-needs into --engines (default artifacts/NAME-DEVICE-PRECISION): torch packages for the device,
-ONNX files for onnxruntime, TensorRT engines for tensorrt; --precision, --batch-sizes and
+With --preset NAME, export.build_folder first builds (or reuses, when nothing changed) what
+--backends needs into --engines (default artifacts/NAME-DEVICE-PRECISION): torch packages for the
+device, ONNX files for onnxruntime, TensorRT engines for tensorrt; --precision, --batch-sizes and
 --durations-s choose the buckets (benchmarks.prepare).
 
 examples:
@@ -473,6 +473,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_list(p: argparse.ArgumentParser, flag: str, text: str | None, kind: type) -> list | None:
+    """'1,4' -> [1, 4] (None stays None); a usage error naming the flag otherwise."""
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        p.error(f"{flag} {text}: expected a comma-separated list of positive {kind.__name__}s")
+    return values
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Replace `path` with `doc` atomically: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -503,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         if given:
             flags = ", ".join("--" + f.replace("_", "-") for f in given)
             p.error(f"{flags} only apply with --preset (they choose what is built)")
+    batch_sizes = parse_list(p, "--batch-sizes", args.batch_sizes, int)
+    durations_s = parse_list(p, "--durations-s", args.durations_s, float)
     try:
         specs = parse_backends(args.backends)
     except ValueError as err:
@@ -529,16 +544,7 @@ def main(argv: list[str] | None = None) -> int:
             precision = args.precision or ("bf16" if device == "cuda" else "fp32")
             if args.engines is None:
                 args.engines = Path("artifacts") / f"{args.preset}-{device}-{precision}"
-            build_for(
-                args.preset,
-                args.engines,
-                specs,
-                device,
-                precision,
-                args.batch_sizes,
-                args.durations_s,
-                ["-q"] if args.quiet else ["-v"] if args.verbose else [],
-            )
+            build_for(args.preset, args.engines, specs, device, precision, batch_sizes, durations_s)
         result = run_benchmark(
             args.engines,
             args.backends,
