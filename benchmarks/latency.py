@@ -35,10 +35,12 @@ weight bytes / bandwidth), where weight bytes are the engine files (or eager par
 reads per call (activation traffic is not counted, so this is a lower bound);
 pct_of_floor = 100 x floor_ms / median_ms.
 
-Regression rule for --compare, per (backend, batch, stage) present in both runs:
+Regression rule for --compare, per (backend, batch, stage), within runs of the same model, duration
+and device type:
     median_new > median_base x (1 + max(5%, K x sqrt(cv_new^2 + cv_base^2)))
 with K = --threshold-sigmas: the slowdown must exceed both 5% and K combined run-to-run spreads.
-Exit 1 names each regressed (backend, batch, stage); rows missing from either run are skipped.
+It prints one REGRESSION line per regressed stage and one line saying what it compared, and exits 1
+on a regression, or when no row or not every timed stage found a baseline row (benchmarks.compare).
 
 Caveat: the runtime caches each prompt's text tokens and every run uses new prompts, so the cache of
 an engine backend grows during its text and end-to-end stages and counts in their memory peaks.
@@ -571,14 +573,15 @@ def main(argv: list[str] | None = None) -> int:
         outputs.append(str(args.json))
     status = 0
     if baseline is not None:
-        regressed = compare(result, baseline, args.threshold_sigmas)
-        for line in regressed:
+        verdict = compare(result, baseline, args.threshold_sigmas)
+        for line in verdict.regressions:
             print(f"REGRESSION {line}", file=sys.stderr)
-        status = 1 if regressed else 0
+        print(f"--compare {args.compare}: {verdict.summary()}", file=sys.stderr)
+        status = 0 if verdict.ok else 1
     print(json.dumps(result))
     log.info(
         "%s in %.1f s%s",
-        "FAILED (regression)" if status else "OK",
+        "FAILED (--compare)" if status else "OK",
         time.perf_counter() - start,
         f": {', '.join(outputs)}" if outputs else "",
     )
