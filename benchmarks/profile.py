@@ -4,9 +4,10 @@ Kernel names are sorted into classes: GEMM (cuBLAS / nvjet / CUTLASS / Triton ma
 attention (cuDNN SDPA, FlashAttention, memory-efficient FMHA), convolution (cuDNN implicit GEMM and
 friends), fused (Inductor's Triton pointwise and reduction kernels, whatever ops they are named
 after), elementwise (ATen's), reduction, copy / layout, other. For each stage: the wall time of the
-call, the sum of kernel times, the number of kernel launches, and time per class, plus the top
-kernels. Kernel time well below wall time means
-the GPU idles between launches (launch- or host-bound); a class's share says which kernels to fix.
+call, the sum of kernel times (ms), the number of kernel launches, and time per class, plus the top
+kernels. Kernel time well below wall time means the GPU idles between launches (launch- or
+host-bound); a class's share says which kernels to fix. The stages are run through the runtime's
+public per-stage API (`Pipeline.bucket`), at the build's longest duration for --batch.
 
 examples:
   python -m benchmarks.profile --engines artifacts/presto-ls-bf16 --json profile.json
@@ -16,6 +17,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -24,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from presto_common.errors import PrestoError
+from runtime import Pipeline
 
 # (class, substrings of a kernel name); the first class with a matching substring wins. Inductor's
 # Triton kernels are named after the ops they fuse (a pointwise kernel after a convolution carries
@@ -104,32 +109,33 @@ def profile_call(fn: Callable[[], Any], warmup: int = 2, top: int = 8) -> dict[s
     return summary
 
 
-def stage_calls(pipe, batch: int = 1) -> dict[str, Callable[[], Any]]:
-    """One call per stage of `pipe` (a runtime.pipeline.Pipeline) at its longest bucket."""
-    from presto_common.noise import draw_all
-    from presto_common.tokenizer import encode_bytes
+def stage_calls(pipe: Pipeline, batch: int = 1) -> dict[str, Callable[[], Any]]:
+    """One call per stage of `pipe`'s bucket at `batch` and its longest duration, through the
+    public per-stage API: the text encoder (a new prompt per call), one DiT call per budget of
+    the default schedule, the VAE decoder, the mono-to-stereo model, and a stereo generation."""
+    bucket, dev = pipe.bucket(batch), pipe.device
+    tags = itertools.count()
 
-    m, dev = pipe.manifest, pipe.device
-    frames = max(pipe.built_frames(batch))
-    budgets = list(m.sampler.step_budgets)
-    dits, decoder, m2s = pipe.chain_engines(batch, frames, budgets, stereo=True)
-    prompts = [f"warm lofi hip hop with piano #{i}" for i in range(batch)]
-    text, mask = pipe.encode_text(prompts)
-    (z,) = draw_all(list(range(batch)), (m.latent_channels, frames), 1)
-    x = z.to(dev)
-    sigma = torch.ones(batch, device=dev)
+    def prompts() -> list[str]:
+        tag = next(tags)
+        return [f"warm lofi hip hop with piano #{tag}.{b}" for b in range(batch)]
+
+    text, mask = bucket.encode_text(prompts())
+    noise = bucket.noise(range(batch))
     bpm = torch.full((batch,), 120.0, device=dev)
-    (mono,) = decoder(x)
     width = torch.ones(batch, device=dev)
-    text_engine = pipe._engine(pipe.artifact("text_encoder", 1, None))
-    ids, ids_mask = (torch.from_numpy(a).to(dev) for a in encode_bytes(prompts[:1], m.max_tokens))
-    calls: dict[str, Callable[[], Any]] = {"text_encoder": lambda: text_engine(ids, ids_mask)}
-    for b, engine in sorted(dits.items()):
-        calls[f"dit_b{b}"] = lambda engine=engine: engine(x, sigma, text, mask, bpm)
-    calls["vae_decoder"] = lambda: decoder(x)
-    calls["stereo"] = lambda: m2s(mono, width)
+    latents = bucket.sample(text, mask, bpm, noise).clone()
+    mono = bucket.decode(latents).clone()
+    # A DiT call takes dit_batch rows: B, or 2B ([cond; uncond]) for a guided sampler.
+    rows = bucket.dit_batch // batch
+    x, text2, mask2, bpm2 = (t.repeat_interleave(rows, 0) for t in (noise[0], text, mask, bpm))
+    calls: dict[str, Callable[[], Any]] = {"text_encoder": lambda: bucket.encode_text(prompts())}
+    for b in sorted(set(bucket.budgets)):
+        calls[f"dit_b{b}"] = lambda b=b: bucket.denoise(x, 1.0, text2, mask2, bpm2, b)
+    calls["vae_decoder"] = lambda: bucket.decode(latents)
+    calls["stereo"] = lambda: bucket.to_stereo(mono, width)
     calls["e2e_stereo"] = lambda: pipe.generate(
-        prompts, seeds=list(range(batch)), duration_s=frames * m.hop_length / m.sample_rate
+        prompts(), seeds=list(range(batch)), duration_s=bucket.duration_s
     )
     return calls
 
@@ -168,9 +174,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    from presto_common.errors import PrestoError
-    from runtime.pipeline import Pipeline
-
     try:
         pipe = Pipeline(
             args.engines, backend=args.backend, device="cuda", cuda_graph=not args.no_cuda_graph

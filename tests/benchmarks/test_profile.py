@@ -1,10 +1,13 @@
-"""Kernel classes and the per-stage summary of benchmarks.profile (names from real H100 profiles)."""
+"""benchmarks.profile: kernel classes and the per-stage summary (names from real H100 profiles), and
+the per-stage calls on the CPU: `python -m pytest tests/benchmarks/test_profile.py -q`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from benchmarks.profile import classify, summarize_kernels
+from benchmarks.profile import classify, stage_calls, summarize_kernels
 
 
 @pytest.mark.parametrize(
@@ -40,3 +43,18 @@ def test_summary_adds_up() -> None:
     assert s["classes"]["gemm"] == {"ms": 2.0, "launches": 2, "share": 0.5}
     assert list(s["classes"]) == ["gemm", "attention", "fused"]  # by time, descending
     assert [t["kernel"] for t in s["top"]] == ["nvjet_a", "fmha_fwd"]
+
+
+def test_stage_calls_run_through_the_bucket_api(build: Path) -> None:
+    """Each stage's callable runs on the CPU (the profiler around it needs CUDA)."""
+    from runtime import Pipeline
+
+    pipe = Pipeline(build, "onnxruntime", "cpu", cuda_graph=False)
+    calls = stage_calls(pipe, batch=2)
+    budgets = sorted(set(pipe.manifest.sampler.step_budgets))
+    dits = [f"dit_b{b}" for b in budgets]
+    assert list(calls) == ["text_encoder", *dits, "vae_decoder", "stereo", "e2e_stereo"]
+    shapes = {name: fn() for name, fn in calls.items()}
+    assert shapes["e2e_stereo"].samples.shape == (2, 2, 11 * 960)
+    assert tuple(shapes["stereo"].shape) == (2, 2, 11 * 960)
+    assert tuple(shapes[dits[0]].shape) == (2, pipe.manifest.latent_channels, 11)
