@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from runtime.manifest import MANIFEST_FILE, sha256_file
+from runtime import MANIFEST_FILE, sha256_file
 
 log = logging.getLogger(__name__)
 

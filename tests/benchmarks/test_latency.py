@@ -1,12 +1,18 @@
-"""benchmarks.latency on the CPU with a tiny ONNX build: `python -m pytest tests/benchmarks -q`.
+"""benchmarks.latency on the CPU with the tiny ONNX build: `python -m pytest tests/benchmarks -q`.
 
-JSON shape, RTF, backends side by side, max-batch search, the launch counter and the --compare gate.
-The GPU paths (CUDA events, peak memory, kernel launches, out-of-memory trials) do not run here.
+JSON shape, RTF, costs from the manifest, backends side by side, the max-batch search and step-down
+under simulated out-of-memory, the partial JSON of a crashed run, --preset, usage and user errors,
+and the --compare exit codes. The GPU paths (CUDA events, peak memory, kernel launches, real
+out-of-memory) do not run here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,33 +20,29 @@ import pytest
 import torch
 
 from benchmarks import latency
-from benchmarks.compare import compare
-from benchmarks.max_batch import double_then_bisect, fits_in_memory, largest_fitting
-from benchmarks.measure import count_launches
-from runtime.manifest import Manifest, sha256_file
-
-pytest.importorskip("onnxruntime")
+from benchmarks.backends import EngineBackend, parse_backends
+from benchmarks.costs import STAGES
+from benchmarks.eager import EagerBackend
+from runtime import Manifest, sha256_file
 
 FAST = ["--device", "cpu", "--runs", "2", "--warmup", "0", "-q"]
 
 
-@pytest.fixture(scope="module")
-def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Batch buckets 1 and 2 at 1 s: the batch-2 bucket serves the max-batch test."""
-    from export.build import main as build_main
-
-    out = tmp_path_factory.mktemp("latency") / "tiny"
-    argv = ["--preset", "tiny", "--backends", "onnx", "--durations-s", "1", "--batch-sizes", "1,2"]
-    assert build_main([*argv, "--no-verify", "--out", str(out), "-q"]) == 0
-    return out
+def run_main(argv: list[str]) -> tuple[int, list[str]]:
+    """latency.main's exit code and stdout lines."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = latency.main(argv)
+    return code, out.getvalue().strip().splitlines()
 
 
 @pytest.fixture(scope="module")
-def result(build: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    path = tmp_path_factory.mktemp("latency_json") / "run.json"
-    args = ["--engines", str(build), "--device", "cpu", "--runs", "5", "--warmup", "1", "-q"]
-    assert latency.main([*args, "--json", str(path)]) == 0
-    return json.loads(path.read_text()), path
+def result(build: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[str]]:
+    """One run of the default backend; its --json document and its stdout lines."""
+    path = tmp_path_factory.mktemp("latency") / "run.json"
+    code, lines = run_main(["--engines", str(build), *FAST, "--runs", "3", "--json", str(path)])
+    assert code == 0
+    return json.loads(path.read_text()), lines
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +51,14 @@ def side_by_side(build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = tmp_path_factory.mktemp("latency_sbs") / "run.json"
     argv = ["--engines", str(build), *FAST, "--backends", "onnxruntime,eager-fp32"]
     argv += ["--max-batch", "--max-batch-limit", "2", "--max-batch-runs", "3", "--json", str(path)]
-    assert latency.main(argv) == 0
+    assert run_main(argv)[0] == 0
     return json.loads(path.read_text())
 
 
 def check_rows(data: dict) -> None:
     """Every row: all stages, ordered statistics, RTF = duration / median, throughput, CPU nulls."""
     for row in data["results"]:
-        assert set(row["stages"]) == set(latency.STAGES)
+        assert tuple(row["stages"]) == STAGES
         where = f"{row['backend']} batch {row['batch']}"
         for name, r in row["stages"].items():
             assert r["min_ms"] <= r["median_ms"] <= r["p90_ms"], (where, name)
@@ -72,9 +74,9 @@ def check_rows(data: dict) -> None:
 # --- one backend ----------------------------------------------------------------------------------
 
 
-def test_json_shape_and_rtf(result: tuple[dict, Path], build: Path) -> None:
-    data, _ = result
-    assert data["frames"] == 46 and data["backends"] == ["engines"] and data["complete"] is True
+def test_json_shape_and_rtf(result: tuple[dict, list[str]], build: Path) -> None:
+    data, lines = result
+    assert data["frames"] == 11 and data["backends"] == ["engines"] and data["complete"] is True
     assert data["max_batch"] is None  # not searched on the CPU unless asked
     assert data["roofline"]["matmul_gflops"] > 0 and data["roofline"]["copy_gbps"] > 0
     env = data["environment"]
@@ -84,17 +86,40 @@ def test_json_shape_and_rtf(result: tuple[dict, Path], build: Path) -> None:
         assert key in env, key
     (row,) = data["results"]
     assert row["backend"] == "engines" and row["runtime_backend"] == "onnx" and row["batch"] == 1
-    assert row["stages"]["e2e_stereo"]["runs"] == 5
+    assert row["stages"]["e2e_stereo"]["runs"] == 3
     check_rows(data)
-    stages = row["stages"]
-    assert stages["e2e_stereo"]["flops"] == stages["e2e_mono"]["flops"] + stages["stereo"]["flops"]
+    # The table first, then the same document as the last stdout line.
+    assert "median" in "\n".join(lines[:-1])
+    assert json.loads(lines[-1]) == data
 
 
-def test_last_stdout_line_is_the_json(build: Path, capsys: pytest.CaptureFixture) -> None:
-    assert latency.main(["--engines", str(build), *FAST]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert "median" in "\n".join(lines[:-1])  # the table comes first
-    assert set(json.loads(lines[-1])["results"][0]["stages"]) == set(latency.STAGES)
+def test_costs_are_the_manifests(result: tuple[dict, list[str]], build: Path) -> None:
+    """Each stage's FLOPs and weight bytes add up the manifest's artifacts that its calls run."""
+    data, _ = result
+    stages = data["results"][0]["stages"]
+    arts = Manifest.load(build).find
+
+    def one(component: str, **match) -> tuple[int, int]:
+        (a,) = arts(component, "onnx", batch=1, **match)
+        return a.flops, a.weight_bytes
+
+    dit = [one("dit", frames=11, budget=b) for b in data["step_budgets"]]  # (2, 1, 0, 0)
+    expected = {
+        "text_encoder": one("text_encoder"),
+        "dit_steps": (sum(f for f, _ in dit), sum(w for _, w in dit)),
+        "vae_decoder": one("vae_decoder", frames=11),
+        "stereo": one("stereo", frames=11),
+    }
+    for name, (flops, weight_bytes) in expected.items():
+        assert (stages[name]["flops"], stages[name]["weight_bytes"]) == (flops, weight_bytes), name
+    mono = sum(expected[n][0] for n in ("text_encoder", "dit_steps", "vae_decoder"))
+    assert stages["e2e_mono"]["flops"] == mono
+    assert stages["e2e_stereo"]["flops"] == mono + expected["stereo"][0]
+    for r in stages.values():
+        roof = data["roofline"]
+        floor = max(r["flops"] / roof["matmul_gflops"], r["weight_bytes"] / roof["copy_gbps"]) / 1e6
+        assert r["floor_ms"] == pytest.approx(floor)
+        assert r["pct_of_floor"] == pytest.approx(100 * floor / r["median_ms"])
 
 
 # --- several backends and the largest batch -------------------------------------------------------
@@ -104,21 +129,21 @@ def test_backends_side_by_side(side_by_side: dict) -> None:
     data = side_by_side
     assert data["backends"] == ["onnxruntime", "eager-fp32"]
     rows = {(r["backend"], r["batch"]): r for r in data["results"]}
-    assert set(rows) == {
-        ("onnxruntime", 1),
-        ("onnxruntime", 2),
-        ("eager-fp32", 1),
-        ("eager-fp32", 2),
-    }
+    assert set(rows) == {(b, n) for b in ("onnxruntime", "eager-fp32") for n in (1, 2)}
     assert rows["eager-fp32", 1]["kind"] == "eager" and rows["eager-fp32", 1]["precision"] == "fp32"
     check_rows(data)
     for batch in (1, 2):
         base, eager = rows["onnxruntime", batch], rows["eager-fp32", batch]
         assert eager["speedup"]["baseline_backend"] == "onnxruntime"
-        for name in latency.STAGES:
+        for name in STAGES:
             ratio = base["stages"][name]["median_ms"] / eager["stages"][name]["median_ms"]
             assert eager["speedup"]["stages"][name] == pytest.approx(ratio), name
             assert base["speedup"]["stages"][name] == pytest.approx(1.0), name
+            # The same work: the eager model is given the engines' FLOPs at every batch.
+            assert eager["stages"][name]["flops"] == base["stages"][name]["flops"], (batch, name)
+    # Weights are read once per call: the engines encode prompt by prompt, the eager model at once.
+    text = {(b, n): rows[b, n]["stages"]["text_encoder"]["weight_bytes"] for b, n in rows}
+    assert text["onnxruntime", 2] == 2 * text["onnxruntime", 1] == 2 * text["eager-fp32", 2]
 
 
 def test_max_batch(side_by_side: dict) -> None:
@@ -129,9 +154,9 @@ def test_max_batch(side_by_side: dict) -> None:
     assert search["onnxruntime"]["built_batches"] == [1, 2]
     # Eager: doubling from 1 up to the limit (nothing runs out of memory on the CPU).
     assert search["eager-fp32"]["batch"] == 2 and search["eager-fp32"]["hit_limit"] is True
-    assert search["eager-fp32"]["trials"] == [
-        {"batch": 1, "fits": True},
-        {"batch": 2, "fits": True},
+    assert [(t["batch"], t["fits"]) for t in search["eager-fp32"]["trials"]] == [
+        (1, True),
+        (2, True),
     ]
     roles = {(r["backend"], r["batch"]): r["batch_role"] for r in side_by_side["results"]}
     assert roles["eager-fp32", 2] == "max" and roles["onnxruntime", 1] == "batch-1"
@@ -143,7 +168,7 @@ def test_max_batch(side_by_side: dict) -> None:
 def test_table_shows_blocks_and_ratios(side_by_side: dict) -> None:
     from benchmarks.report import format_report
 
-    table = format_report(side_by_side, latency.STAGES)
+    table = format_report(side_by_side, STAGES)
     assert "onnxruntime (onnx fp32, no CUDA graph), batch 1" in table
     assert "eager-fp32 (eager fp32, random, init seed 0), batch 2" in table
     assert "x faster than onnxruntime:" in table
@@ -151,153 +176,99 @@ def test_table_shows_blocks_and_ratios(side_by_side: dict) -> None:
     assert "eager-fp32: 2, searched up to 2 (the limit)" in table
 
 
-def test_out_of_memory_trials(build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulated CUDA OOM: eager bisects to 3; the engines fall back to the batch-1 bucket."""
-    from benchmarks import backends
+def limit(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, largest: int) -> None:
+    """Make cls.method raise a (simulated) CUDA out-of-memory error above batch `largest`."""
+    original = getattr(cls, method)
 
-    def limited(cls: type, largest: int) -> None:
-        generate = cls.generate
+    def patched(self, batch: int, *args, **kwargs):
+        if batch > largest:
+            raise torch.cuda.OutOfMemoryError(f"simulated: {method} at batch {batch} > {largest}")
+        return original(self, batch, *args, **kwargs)
 
-        def patched(self, batch: int, frames: int, stereo: bool):
-            if batch > largest:
-                raise torch.cuda.OutOfMemoryError(f"simulated: batch {batch} > {largest}")
-            return generate(self, batch, frames, stereo)
-
-        monkeypatch.setattr(cls, "generate", patched)
-
-    limited(backends.EagerBackend, 3)
-    limited(backends.EngineBackend, 1)
-    path = tmp_path / "run.json"
-    argv = ["--engines", str(build), *FAST, "--backends", "onnxruntime,eager-fp32", "--max-batch"]
-    assert latency.main([*argv, "--max-batch-limit", "4", "--json", str(path)]) == 0
-    data = json.loads(path.read_text())
-    eager, engines = data["max_batch"]["eager-fp32"], data["max_batch"]["onnxruntime"]
-    assert eager["batch"] == 3 and eager["hit_limit"] is False
-    assert [(t["batch"], t["fits"]) for t in eager["trials"]] == [
-        (1, True),
-        (2, True),
-        (4, False),
-        (3, True),
-    ]
-    assert engines["batch"] == 1
-    assert [(t["batch"], t["fits"]) for t in engines["trials"]] == [(2, False), (1, True)]
-    assert sorted((r["backend"], r["batch"]) for r in data["results"]) == [
-        ("eager-fp32", 1),
-        ("eager-fp32", 3),
-        ("onnxruntime", 1),
-    ]
-    check_rows(data)
-    eager3 = next(r for r in data["results"] if r["batch"] == 3)
-    assert eager3["speedup"] is None  # the first backend has no batch-3 row to compare with
+    monkeypatch.setattr(cls, method, patched)
 
 
-def test_timing_out_of_memory_steps_down(
+def test_out_of_memory_search_and_step_down(
     build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One generation fits at 4, but timing every stage there does not: the row is at 2, the next
-    batch whose generation was seen to fit."""
-    from benchmarks import backends
-
-    stages = backends.EagerBackend.stages
-
-    def tight(self, batch: int, frames: int):
-        if batch > 3:
-            raise torch.cuda.OutOfMemoryError(f"simulated: stages at batch {batch}")
-        return stages(self, batch, frames)
-
-    monkeypatch.setattr(backends.EagerBackend, "stages", tight)
+    """Simulated CUDA OOM. Eager: a generation fits up to 3 (found by bisecting), timing every stage
+    only up to 2, so its row steps down to 2. Engines: the batch-2 bucket fails, batch 1 is kept."""
+    limit(monkeypatch, EagerBackend, "generate", 3)
+    limit(monkeypatch, EagerBackend, "stages", 2)
+    limit(monkeypatch, EngineBackend, "generate", 1)
     path = tmp_path / "run.json"
-    argv = ["--engines", str(build), *FAST, "--backends", "eager-fp32", "--max-batch"]
-    assert latency.main([*argv, "--max-batch-limit", "4", "--json", str(path)]) == 0
+    argv = ["--engines", str(build), *FAST, "--backends", "onnxruntime,eager-fp32", "--max-batch"]
+    assert run_main([*argv, "--max-batch-limit", "4", "--json", str(path)])[0] == 0
     data = json.loads(path.read_text())
-    search = data["max_batch"]["eager-fp32"]
-    assert [t["batch"] for t in search["trials"]] == [1, 2, 4]  # every generation fitted
-    assert search["batch"] == 2 and search["timing_out_of_memory"] == [4]  # 3 was never tried
-    assert [r["batch"] for r in data["results"]] == [1, 2]
+    eager, engines = data["max_batch"]["eager-fp32"], data["max_batch"]["onnxruntime"]
+    trials = [(t["batch"], t["fits"]) for t in eager["trials"]]
+    assert trials == [(1, True), (2, True), (4, False), (3, True)]
+    assert eager["batch"] == 2 and eager["timing_out_of_memory"] == [3]
+    assert eager["hit_limit"] is False
+    assert engines["batch"] == 1
+    assert [(t["batch"], t["fits"]) for t in engines["trials"]] == [(2, False), (1, True)]
+    rows = [(r["backend"], r["batch"]) for r in data["results"]]
+    assert rows == [("onnxruntime", 1), ("eager-fp32", 1), ("eager-fp32", 2)]
     assert data["complete"] is True
     check_rows(data)
+    assert data["results"][-1]["speedup"] is None  # the first backend has no batch-2 row
 
 
-def test_max_batch_search_rules() -> None:
-    s = double_then_bisect(lambda b: b <= 37, 256)
-    assert s.batch == 37
-    assert [t["batch"] for t in s.trials] == [1, 2, 4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
-    assert double_then_bisect(lambda b: True, 100).batch == 100  # capped, never above the limit
-    assert double_then_bisect(lambda b: b <= 5, 6).batch == 5  # 1, 2, 4, 6 (fails), 5
-    assert double_then_bisect(lambda b: False, 8).batch == 0
-    s = largest_fitting(lambda b: b <= 8, [16, 1, 8, 4])
-    assert (s.batch, [t["batch"] for t in s.trials]) == (8, [16, 8])
-    assert s.to_json()["built_batches"] == [1, 4, 8, 16]
-
-
-def test_only_out_of_memory_counts_as_not_fitting() -> None:
-    def oom() -> None:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    def bug() -> None:
-        raise RuntimeError("a bug, not memory")
-
-    cpu = torch.device("cpu")
-    assert fits_in_memory(lambda: None, cpu) is True
-    assert fits_in_memory(oom, cpu) is False
-    with pytest.raises(RuntimeError, match="a bug"):
-        fits_in_memory(bug, cpu)
-
-
-def test_a_wrapped_out_of_memory_counts_when_the_allocator_saw_it(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_run_cut_short_keeps_its_rows_and_is_no_baseline(
+    build: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """AOTInductor turns an OOM inside a package into RuntimeError; the allocator's count tells."""
-    from benchmarks import max_batch
+    """A crash (or a job's time limit) during the max-batch search: the batch-1 row is on disk."""
+    generate = EngineBackend.generate
 
-    ooms = [0]
-    monkeypatch.setattr(max_batch, "oom_count", lambda device: ooms[0])
+    def crash(self, batch: int, frames: int, stereo: bool):
+        if batch > 1:
+            raise RuntimeError("simulated crash at batch 2")
+        return generate(self, batch, frames, stereo)
 
-    def package_oom() -> None:
-        ooms[0] += 1  # what the caching allocator records before the package wraps the error
-        raise RuntimeError("run_func_(...) API call failed at model_container_runner.cpp")
-
-    def package_bug() -> None:
-        raise RuntimeError("run_func_(...) API call failed at model_container_runner.cpp")
-
-    cuda = torch.device("cuda", 0)  # only handed to the patched counter; nothing touches a GPU
-    monkeypatch.setattr(max_batch, "free_memory", lambda device: None)
-    assert fits_in_memory(package_oom, cuda) is False
-    with pytest.raises(RuntimeError, match="API call failed"):
-        fits_in_memory(package_bug, cuda)
-
-
-def test_count_launches() -> None:
-    api = [
-        "aten::mm",
-        "cudaLaunchKernel",
-        "cudaLaunchKernel",
-        "cudaLaunchKernelExC_v11060",  # CUPTI's versioned name
-        "cuLaunchKernel",
-        "cuLaunchKernelEx",
-        "cudaGraphLaunch",
-        "cudaMemcpyAsync",
-        "cudaStreamSynchronize",
-    ]
-    gpu = [
-        "sm90_xmma_gemm",
-        "triton_poi_fused_0",
-        "Memcpy HtoD (Pageable -> Device)",
-        "Memset (Device)",
-    ]
-    assert count_launches(api, gpu) == {
-        "kernel_launch_calls": 5,
-        "graph_launches": 1,
-        "gpu_kernels": 2,
-    }
-    assert count_launches([], []) == {
-        "kernel_launch_calls": 0,
-        "graph_launches": 0,
-        "gpu_kernels": 0,
-    }
+    monkeypatch.setattr(EngineBackend, "generate", crash)
+    path = tmp_path / "run.json"
+    argv = ["--engines", str(build), *FAST, "--backends", "onnxruntime", "--max-batch"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        latency.main([*argv, "--json", str(path)])
+    data = json.loads(path.read_text())
+    assert data["complete"] is False and data["environment"]["manifest_sha256"]
+    assert [(r["backend"], r["batch"]) for r in data["results"]] == [("onnxruntime", 1)]
+    check_rows(data)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
+    capsys.readouterr()
+    assert latency.main(["--engines", str(build), *FAST, "--compare", str(path)]) == 1
+    assert "cut short" in capsys.readouterr().err
 
 
-# --- errors ---------------------------------------------------------------------------------------
+# --- --preset and errors --------------------------------------------------------------------------
+
+
+def test_preset_builds_what_the_backends_need_then_reuses_it(build: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "tiny"
+    shutil.copytree(build, folder)  # an earlier build of the same preset: every file is reused
+    argv = ["--preset", "tiny", "--durations-s", "0.25", "--engines", str(folder), *FAST]
+    argv += ["--backends", "onnxruntime", "--json", str(tmp_path / "run.json")]
+    assert run_main(argv)[0] == 0
+    manifest = Manifest.load(folder)
+    assert {a.backend for a in manifest.artifacts} == {"onnx"}  # ORT runs the ONNX files
+    assert {a.precision for a in manifest.artifacts} == {"fp32"}  # the CPU default
+    assert {a.batch for a in manifest.artifacts} == {1}  # --batch-sizes defaults to 1
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["complete"] and [r["backend"] for r in data["results"]] == ["onnxruntime"]
+    assert run_main(argv)[0] == 0  # the second run rebuilds nothing
+    assert Manifest.load(folder).artifacts == manifest.artifacts
+
+
+def test_build_backends_for_each_benchmark_backend() -> None:
+    from benchmarks.prepare import build_backends
+
+    def for_(names: str, device: str) -> list[str]:
+        return build_backends(parse_backends(names), device)
+
+    assert for_("engines", "cuda") == ["torch"] and for_("engines", "cpu") == ["onnx"]
+    assert for_("torch,torch-nograph,eager-bf16", "cuda") == ["torch"]
+    assert for_("onnxruntime,tensorrt", "cpu") == ["onnx", "tensorrt"]
+    assert for_("eager-fp32", "cpu") == ["onnx"]  # only a manifest is needed: the cheapest build
 
 
 @pytest.mark.parametrize(
@@ -307,6 +278,7 @@ def test_count_launches() -> None:
         (["--backends", "torch,torch"], "backend torch is listed twice"),
         (["--checkpoint", "ckpt"], "--checkpoint only applies to eager-fp32 / eager-bf16"),
         (["--batch-sizes", "1,4"], "--batch-sizes only apply with --preset"),
+        (["--preset", "tiny", "--batch-sizes", "1,x"], "--batch-sizes 1,x: expected a comma"),
     ],
 )
 def test_usage_errors(
@@ -323,37 +295,6 @@ def test_neither_engines_nor_preset(capsys: pytest.CaptureFixture) -> None:
         latency.main(FAST)
     assert exc.value.code == 2
     assert "give --engines DIR (a build folder), or --preset NAME" in capsys.readouterr().err
-
-
-def test_preset_builds_what_the_backends_need_then_reuses_it(tmp_path: Path, capsys) -> None:
-    folder = tmp_path / "tiny"
-    argv = ["--preset", "tiny", "--durations-s", "1", "--engines", str(folder), *FAST]
-    argv += ["--backends", "onnxruntime,eager-fp32", "--json", str(tmp_path / "run.json")]
-    assert latency.main(argv) == 0
-    manifest = Manifest.load(folder)
-    assert {a.backend for a in manifest.artifacts} == {"onnx"}  # ORT runs the ONNX files
-    assert {a.precision for a in manifest.artifacts} == {"fp32"}  # the CPU default
-    data = json.loads((tmp_path / "run.json").read_text())
-    assert data["complete"] and [r["backend"] for r in data["results"]] == [
-        "onnxruntime",
-        "eager-fp32",
-    ]
-    capsys.readouterr()
-    assert latency.main(argv) == 0  # the second run rebuilds nothing
-    assert Manifest.load(folder).artifacts == manifest.artifacts
-
-
-def test_build_backends_for_each_benchmark_backend() -> None:
-    from benchmarks.backends import parse_backends
-    from benchmarks.prepare import build_backends
-
-    def for_(names: str, device: str) -> list[str]:
-        return build_backends(parse_backends(names), device)
-
-    assert for_("engines", "cuda") == ["torch"] and for_("engines", "cpu") == ["onnx"]
-    assert for_("torch,torch-nograph,eager-bf16", "cuda") == ["torch"]
-    assert for_("onnxruntime,tensorrt", "cpu") == ["onnx", "tensorrt"]
-    assert for_("eager-fp32", "cpu") == ["onnx"]  # only a manifest is needed: the cheapest build
 
 
 def test_checkpoint_of_another_config(
@@ -377,69 +318,65 @@ def test_eager_without_presto_ref(
     assert err[-1].startswith("error: backend eager-bf16 needs presto_ref")
 
 
-def test_a_run_cut_short_keeps_its_rows_and_is_no_baseline(
-    build: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A crash (or a job's time limit) in the second backend: the first one's rows are on disk."""
-    from benchmarks import backends
+# --- the --compare exit codes (the run itself is the fixture's, replayed) -------------------------
 
-    def crash(self, batch: int, frames: int):
-        raise RuntimeError("simulated crash in the second backend")
 
-    monkeypatch.setattr(backends.EagerBackend, "stages", crash)
-    path = tmp_path / "run.json"
-    argv = ["--engines", str(build), *FAST, "--backends", "onnxruntime,eager-fp32"]
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        latency.main([*argv, "--json", str(path)])
-    data = json.loads(path.read_text())
-    assert data["complete"] is False and data["environment"]["manifest_sha256"]
-    assert [(r["backend"], r["batch"]) for r in data["results"]] == [("onnxruntime", 1)]
-    check_rows(data)
-    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
-    monkeypatch.undo()
+@pytest.fixture
+def replay(result: tuple[dict, list[str]], monkeypatch: pytest.MonkeyPatch) -> dict:
+    """latency.main's run is the `result` fixture's document: --compare is tested without timing."""
+    data = {k: v for k, v in result[0].items() if k != "environment"}
+    monkeypatch.setattr(latency, "run_benchmark", lambda *args: copy.deepcopy(data))
+    return data
+
+
+def compare_main(
+    build: Path, baseline: Path, capsys: pytest.CaptureFixture, *extra: str
+) -> tuple[int, str]:
     capsys.readouterr()
-    assert latency.main(["--engines", str(build), *FAST, "--compare", str(path)]) == 1
-    assert "cut short" in capsys.readouterr().err
+    code = latency.main(["--engines", str(build), *FAST, "--compare", str(baseline), *extra])
+    return code, capsys.readouterr().err
 
 
-def test_baseline_of_the_old_layout(
-    build: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_compare_passes_against_itself(
+    replay: dict, build: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    old = tmp_path / "old.json"
-    old.write_text(json.dumps({"stages": {"vae_decoder": {"median_ms": 1.0, "cv": 0.0}}}))
-    assert latency.main(["--engines", str(build), *FAST, "--compare", str(old)]) == 1
-    assert "has no 'results' list" in capsys.readouterr().err
+    (tmp_path / "self.json").write_text(json.dumps(replay))
+    code, err = compare_main(build, tmp_path / "self.json", capsys)
+    assert code == 0, err
+    assert "compared 6 stages of tiny, 0.24 s, cpu (engines batch 1): no regression" in err
 
 
-# --- the regression gate --------------------------------------------------------------------------
-
-
-def test_compare_gate(
-    result: tuple[dict, Path], build: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_compare_fails_on_a_regression(
+    replay: dict, build: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    data, path = result
-    argv = ["--engines", str(build), "--device", "cpu", "--runs", "5", "--warmup", "1", "-q"]
-    # Identical medians never regress.
-    assert compare(data, data, 3.0).ok
-    # A baseline 1000x faster: every stage is now far beyond the 5% floor (K = 0).
-    faster = json.loads(path.read_text())
+    faster = copy.deepcopy(replay)  # a baseline 3x faster in every stage
     for row in faster["results"][0]["stages"].values():
-        row["median_ms"] /= 1000
-    doctored = tmp_path / "faster.json"
-    doctored.write_text(json.dumps(faster))
-    capsys.readouterr()
-    assert latency.main([*argv, "--compare", str(doctored), "--threshold-sigmas", "0"]) == 1
-    err = capsys.readouterr().err
-    for name in ("dit_steps", "vae_decoder", "e2e_stereo"):
-        assert f"REGRESSION engines batch 1 {name}:" in err
+        row["median_ms"] /= 3
+    (tmp_path / "faster.json").write_text(json.dumps(faster))
+    # K = 0: only the 5% floor allows a slowdown, whatever the spread of CPU timings.
+    code, err = compare_main(build, tmp_path / "faster.json", capsys, "--threshold-sigmas", "0")
+    assert code == 1
+    for name in STAGES:
+        assert f"REGRESSION engines batch 1 {name}: median" in err
+    assert err.strip().splitlines()[-1].endswith("6 regressed")
 
 
-def test_compare_against_itself_exits_0(build: Path, tmp_path: Path) -> None:
-    # The same run as its own baseline: identical medians never regress.
-    path = tmp_path / "self.json"
-    argv = ["--engines", str(build), "--device", "cpu", "--runs", "3", "--warmup", "1", "-q"]
-    assert latency.main([*argv, "--json", str(path)]) == 0
-    baseline = json.loads(path.read_text())
-    assert compare(baseline, baseline, 3.0).ok
-    # and a fresh run against that file passes the gate with a generous K (CPU noise is large)
-    assert latency.main([*argv, "--compare", str(path), "--threshold-sigmas", "50"]) == 0
+def test_compare_refuses_to_pass_vacuously(
+    replay: dict, build: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The committed H100 baseline: another model, duration and device, so no row matches.
+    committed = Path(__file__).parents[2] / "benchmarks/baselines/h100-presto-ls-bf16.json"
+    code, err = compare_main(build, committed, capsys)
+    assert code == 1
+    (line,) = err.strip().splitlines()
+    assert line == (
+        f"--compare {committed}: no stage of this run (tiny, 0.24 s, cpu: engines batch 1) has a "
+        f"row in the baseline (presto-ls, 32.00 s, cuda); compare runs of the same model, "
+        f"duration and device"
+    )
+    # A baseline of the same setting but another backend: no row of the run is in it.
+    other = copy.deepcopy(replay)
+    other["results"][0]["backend"] = "torch"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    code, err = compare_main(build, tmp_path / "other.json", capsys)
+    assert code == 1 and "engines batch 1" in err
