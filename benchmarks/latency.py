@@ -93,14 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("--runs", type=int, default=20, metavar="N", help="timed runs (default: 20)")
     add("--warmup", type=int, default=3, metavar="N", help="untimed runs (default: 3)")
     add("--max-batch", action=argparse.BooleanOptionalAction, help="default: on CUDA only")
-    add("--max-batch-limit", type=int, default=256, metavar="N", help="largest batch tried")
+    add(
+        "--max-batch-limit", type=int, default=256, metavar="N", help="largest batch (default: 256)"
+    )
     add("--max-batch-runs", type=int, metavar="N", help="timed runs there (default: --runs)")
-    add("--max-batch-warmup", type=int, default=1, metavar="N", help="untimed runs there")
+    add("--max-batch-warmup", type=int, default=1, metavar="N", help="warm-ups there (default: 1)")
     add("--checkpoint", type=Path, metavar="DIR", help="eager weights (default: random weights)")
-    add("--init-seed", type=int, default=0, metavar="N", help="seed of the eager random weights")
+    add("--init-seed", type=int, default=0, metavar="N", help="eager weights' seed (default: 0)")
     add("--json", type=Path, metavar="PATH", help="also write the result here")
-    add("--compare", type=Path, metavar="BASELINE.json", help="exit 1 on regression")
-    add("--threshold-sigmas", type=float, default=3.0, metavar="K", help="allowed slowdown in cvs")
+    add("--compare", type=Path, metavar="BASELINE.json", help="gate this run against that one")
+    add("--threshold-sigmas", type=float, default=3.0, metavar="K", help="allowed cvs (default: 3)")
     add_logging_flags(p)
     return p
 
