@@ -366,18 +366,6 @@ class Pipeline:
             lock=self._lock,
         )
 
-    def chain_engines(self, batch: int, frames: int, budgets: Sequence[int], stereo: bool):
-        """({budget: DiT engine}, decoder, mono-to-stereo or None) at engine batch `batch`.
-
-        Kept for callers written before `bucket`; new code should use `bucket(...)` and its stages.
-        """
-        dits = {
-            b: self._engine(self.artifact("dit", batch, frames, b)) for b in sorted(set(budgets))
-        }
-        decoder = self._engine(self.artifact("vae_decoder", batch, frames))
-        m2s = self._engine(self.artifact("stereo", batch, frames)) if stereo else None
-        return dits, decoder, m2s
-
     # --- generation ---
 
     def generate(
