@@ -152,3 +152,17 @@ def test_the_public_names_are_exported_and_import_nothing_heavy() -> None:
     ).stdout.split()
     heavy = {"onnx", "onnxruntime", "polygraphy", "tensorrt", "tensorrt_rtx"}
     assert not heavy & {m.split(".")[0] for m in loaded}
+
+
+def test_build_folder_and_plan_build_share_their_defaults() -> None:
+    """build_folder passes its build options to plan_build one by one: the two signatures must
+    name the same options with the same defaults, or a default would silently differ by entry."""
+    import inspect
+
+    from export.plan import plan_build
+
+    api = inspect.signature(build_folder).parameters
+    plan = inspect.signature(plan_build).parameters
+    shared = [name for name in plan if name != "config"]
+    assert all(name in api for name in shared), sorted(set(shared) - set(api))
+    assert {n: api[n].default for n in shared} == {n: plan[n].default for n in shared}
