@@ -7,7 +7,7 @@ Parts (--parts, default all), each timed with benchmarks.measure's timer (CUDA e
              [audio; text]; w1 and w3 apart) against the fused forms export uses (one [q|k|v] GEMM
              on the audio tokens plus [k|v] on the text; [w1|w3] in one GEMM), beside an 8192^3
              matmul, in bf16 with TFLOP/s
-  attention  one attention layer (1 x heads, T audio queries, T + S keys, the preset's head width)
+  attention  one attention layer (1 x heads, T_lat audio queries, T_lat + S keys, the preset's head width)
              with each SDPA backend that accepts it: with the text padding mask (memory-efficient,
              cuDNN, math) and without it (flash, cuDNN, memory-efficient), so the mask's cost shows;
              relative L2 error against fp32 for the masked cases
@@ -104,12 +104,13 @@ def rel_l2(test: torch.Tensor, reference: torch.Tensor) -> float:
 
 def gemm(b: Bench) -> dict[str, Any]:
     cfg, dev, bf16 = b.config.dit, b.device, torch.bfloat16
-    T, S, D, H = b.config.max_frames, b.config.text.max_tokens, cfg.width, cfg.ffn_hidden
+    T_lat, S, D, H = b.config.max_frames, b.config.text.max_tokens, cfg.width, cfg.ffn_hidden
 
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return torch.randn(*shape, device=dev, dtype=bf16) * scale
 
-    a, t, h = randn(T, D), randn(S, D), randn(T, H)  # audio tokens, projected text, FFN hidden
+    # audio tokens, projected text, FFN hidden
+    a, t, h = randn(T_lat, D), randn(S, D), randn(T_lat, H)
     at = torch.cat([a, t])
     wq, wk, wv, wo = (randn(D, D, scale=D**-0.5) for _ in range(4))
     w1, w3 = randn(D, H, scale=D**-0.5), randn(D, H, scale=D**-0.5)
@@ -118,12 +119,12 @@ def gemm(b: Bench) -> dict[str, Any]:
     big = randn(MATMUL_N, MATMUL_N)
     rows: dict[str, tuple[Callable[[], Any], int]] = {  # name: (call, FLOPs)
         f"matmul_{MATMUL_N}": (lambda: big @ big, 2 * MATMUL_N**3),
-        "q_k_v_apart": (lambda: (a @ wq, at @ wk, at @ wv), 2 * D * D * (T + 2 * (T + S))),
-        "qkv_fused_plus_text_kv": (lambda: (a @ wqkv, t @ wkv), 2 * D * D * (3 * T + 2 * S)),
-        "o": (lambda: a @ wo, 2 * T * D * D),
-        "w1_w3_apart": (lambda: (a @ w1, a @ w3), 4 * T * D * H),
-        "w13_fused": (lambda: a @ w13, 4 * T * D * H),
-        "w2": (lambda: h @ w2, 2 * T * D * H),
+        "q_k_v_apart": (lambda: (a @ wq, at @ wk, at @ wv), 2 * D * D * (T_lat + 2 * (T_lat + S))),
+        "qkv_fused_plus_text_kv": (lambda: (a @ wqkv, t @ wkv), 2 * D * D * (3 * T_lat + 2 * S)),
+        "o": (lambda: a @ wo, 2 * T_lat * D * D),
+        "w1_w3_apart": (lambda: (a @ w1, a @ w3), 4 * T_lat * D * H),
+        "w13_fused": (lambda: a @ w13, 4 * T_lat * D * H),
+        "w2": (lambda: h @ w2, 2 * T_lat * D * H),
     }
     out = {}
     for name, (fn, flop) in rows.items():
@@ -141,13 +142,13 @@ def attention(b: Bench) -> dict[str, Any]:
 
     cfg, dev, bf16 = b.config.dit, b.device, torch.bfloat16
     heads, d = cfg.num_heads, cfg.width // cfg.num_heads
-    T, S = b.config.max_frames, b.config.text.max_tokens
-    q = torch.randn(1, heads, T, d, device=dev, dtype=bf16)
-    k = torch.randn(1, heads, T + S, d, device=dev, dtype=bf16)
+    T_lat, S = b.config.max_frames, b.config.text.max_tokens
+    q = torch.randn(1, heads, T_lat, d, device=dev, dtype=bf16)
+    k = torch.randn(1, heads, T_lat + S, d, device=dev, dtype=bf16)
     v = torch.randn_like(k)
-    mask = torch.ones(1, 1, 1, T + S, dtype=torch.bool, device=dev)
-    mask[..., T + TEXT_KEPT :] = False  # audio keys all kept, text keys past the prompt masked
-    flop = 4 * heads * T * (T + S) * d
+    mask = torch.ones(1, 1, 1, T_lat + S, dtype=torch.bool, device=dev)
+    mask[..., T_lat + TEXT_KEPT :] = False  # audio keys all kept, text keys past the prompt masked
+    flop = 4 * heads * T_lat * (T_lat + S) * d
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     cases = [
         ("efficient_mask", SDPBackend.EFFICIENT_ATTENTION, mask),
@@ -157,7 +158,9 @@ def attention(b: Bench) -> dict[str, Any]:
         ("cudnn_nomask", SDPBackend.CUDNN_ATTENTION, None),
         ("efficient_nomask", SDPBackend.EFFICIENT_ATTENTION, None),
     ]
-    out: dict[str, Any] = {"shape": {"heads": heads, "queries": T, "keys": T + S, "head_dim": d}}
+    out: dict[str, Any] = {
+        "shape": {"heads": heads, "queries": T_lat, "keys": T_lat + S, "head_dim": d}
+    }
     for name, backend, m in cases:
         fn = lambda m=m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
         try:

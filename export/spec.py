@@ -234,22 +234,22 @@ def dit_spec(
     dpmpp-2s, see `dit_batch_size`)."""
     cfg = model.config
     S, D_text, C = cfg.text.max_tokens, cfg.text.d_model, cfg.dit.latent_channels
-    B, T = batch, frames
+    B, T_lat = batch, frames
     return ExportSpec(
         component="dit",
         precision=precision,
         batch=B,
-        frames=T,
+        frames=T_lat,
         budget=budget,
         module=graph_for(model, "dit", budget),
         inputs=(
-            TensorSpec("x", F32, (B, C, T)),
+            TensorSpec("x", F32, (B, C, T_lat)),
             TensorSpec("sigma", F32, (B,)),
             TensorSpec("text", F32, (B, S, D_text)),
             TensorSpec("text_mask", BOOL, (B, S)),
             TensorSpec("bpm", F32, (B,)),
         ),
-        outputs=(TensorSpec("x0", F32, (B, C, T)),),
+        outputs=(TensorSpec("x0", F32, (B, C, T_lat)),),
     )
 
 
@@ -313,11 +313,11 @@ def make_specs(
     for B in batch_sizes:
         if "text_encoder" in components and B in text_batches:
             specs.append(text_encoder_spec(m, precision, B))
-        for T in frames:
+        for T_lat in frames:
             if "dit" in components:
-                specs += [dit_spec(m, precision, dit_batch_size(cfg, B), T, b) for b in budgets]
+                specs += [dit_spec(m, precision, dit_batch_size(cfg, B), T_lat, b) for b in budgets]
             if "vae_decoder" in components:
-                specs.append(vae_decoder_spec(m, precision, B, T))
+                specs.append(vae_decoder_spec(m, precision, B, T_lat))
             if "stereo" in components:
-                specs.append(stereo_spec(m, precision, B, T))
+                specs.append(stereo_spec(m, precision, B, T_lat))
     return specs
