@@ -32,11 +32,11 @@ import torch
 from torch import Tensor
 
 from presto_common.cli import write_wavs
-from presto_common.errors import BackendUnavailable, InputError, NumericalError, ShapeError
-from presto_common.names import BACKEND_ALIASES
+from presto_common.errors import BackendUnavailable, InputError, NumericalError
 from presto_common.tokenizer import encode_bytes
 from runtime.bucket import Bucket
-from runtime.engines import Engine, backend_available, open_engine
+from runtime.catalog import Catalog
+from runtime.engines import Engine, open_engine
 from runtime.manifest import Artifact, Manifest
 from runtime.sampling import check_kind, evaluations, num_draws
 from runtime.schedule import schedule
@@ -86,7 +86,8 @@ class Pipeline:
             raise BackendUnavailable(
                 f"device {device} asked for, but CUDA is not available; use cpu"
             )
-        self.backend = self._choose_backend(backend)
+        self.catalog = Catalog(self.folder, self.manifest, self.device, backend)
+        self.backend = self.catalog.backend
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self._engines: dict[str, Engine] = {}
         self._text_cache: dict[str, tuple[Tensor, Tensor]] = {}
@@ -102,128 +103,26 @@ class Pipeline:
         with self._lock:
             return sum(bucket.release_graph() for bucket in self._buckets.values())
 
-    # --- choosing artifacts ---
-
-    def _choose_backend(self, backend: str) -> str:
-        present = {a.backend for a in self.manifest.artifacts}
-        if backend == "auto":
-            # TensorRT is only used when asked for by name until it has run somewhere (README).
-            order = ("torch", "onnx") if self.device.type == "cuda" else ("onnx", "torch")
-            for b in order:
-                if b in present and not backend_available(b) and self._runs_here(b):
-                    return b
-            raise BackendUnavailable(
-                f"{self.folder} has no artifacts that run on {self.device} here (it has "
-                f"{sorted(present)}); build some with `python -m export.build --backends torch "
-                f"--device {self.device.type}`"
-            )
-        name = BACKEND_ALIASES.get(backend)
-        if name is None:
-            raise InputError(f"backend={backend!r}; expected auto, torch, onnxruntime or tensorrt")
-        reason = backend_available(name)
-        if reason:
-            raise BackendUnavailable(reason)
-        if name not in present:
-            raise BackendUnavailable(
-                f"{self.folder} has no {backend} artifacts; rebuild with `python -m export.build "
-                f"--backends {name}`"
-            )
-        return name
-
-    def _runs_here(self, backend: str) -> bool:
-        if backend == "onnx":
-            return self.device.type == "cpu"
-        if backend == "tensorrt":
-            return self.device.type == "cuda"
-        suffix = "-cpu.pt2" if self.device.type == "cpu" else "-cuda.pt2"
-        return any(a.file.endswith(suffix) for a in self.manifest.artifacts if a.backend == backend)
-
-    def _for_device(self, art: Artifact) -> bool:
-        return art.backend != "torch" or art.file.endswith(f"-{self.device.type}.pt2")
-
-    def _found(self, component: str, **match) -> list[Artifact]:
-        found = self.manifest.find(component, self.backend, **match)
-        return [a for a in found if self._for_device(a)]
-
-    def _dit_batches(self, batch: int) -> tuple[int, ...]:
-        """DiT engine batches that serve request batch B, preferred first."""
-        if self.manifest.sampler.kind == "dpmpp-2s":
-            return (2 * batch, batch)
-        return (batch,)
+    # --- what is built (runtime.catalog) ---
 
     def built_buckets(self) -> list[tuple[int, int]]:
-        """(B, T_lat) request buckets this backend and device can run, ascending.
-
-        A bucket needs the VAE decoder at batch B and the DiT at a batch its sampler calls it with:
-        B for ping-pong; 2B ([cond; uncond] in one call) or B (two calls) for dpmpp-2s.
-        """
-        decoders = {(a.batch, a.frames) for a in self._found("vae_decoder")}
-        dits = {(a.batch, a.frames) for a in self._found("dit")}
-        return sorted(
-            (b, f) for b, f in decoders if any((d, f) in dits for d in self._dit_batches(b))
-        )
+        """(B, T_lat) request buckets this backend and device can run, ascending."""
+        return self.catalog.built_buckets()
 
     def built_batches(self) -> list[int]:
         """Request batch sizes B with at least one built bucket, ascending."""
-        return sorted({b for b, _ in self.built_buckets()})
+        return self.catalog.built_batches()
 
     def built_frames(self, batch: int) -> list[int]:
         """Latent-frame buckets T_lat this backend and device run at request batch B, ascending."""
-        return [f for b, f in self.built_buckets() if b == batch]
+        return self.catalog.built_frames(batch)
 
     def artifact(
         self, component: str, batch: int, frames: int | None, budget: int | None = None
     ) -> Artifact:
-        """The artifact of a component at engine batch, frames (and DiT budget).
-
-        Raises ShapeError naming the nearest built bucket and the build flag that adds this one.
-        """
-        found = self._found(component, batch=batch, frames=frames, budget=budget)
-        if found:
-            return found[0]
-        buckets = sorted({(a.batch, a.frames) for a in self._found(component)})
-        if component == "dit" and (batch, frames) in buckets:
-            built = sorted({a.budget for a in self._found("dit")})
-            raise ShapeError(
-                f"no DiT engine for budget {budget} (built: {built}); rebuild with "
-                f"`python -m export.build --budgets {','.join(map(str, sorted({*built, budget})))}` "
-                f"or pick steps and rho whose budgets were built"
-            )
-        raise self._no_bucket(f"no {component} engine for", batch, frames, buckets)
-
-    def _no_bucket(
-        self, what: str, batch: int, frames: int | None, buckets: Sequence[tuple[int, int | None]]
-    ) -> ShapeError:
-        """ShapeError: `what` batch B (and frames) is not built; the nearest and the fix."""
-        hop, sr = self.manifest.hop_length, self.manifest.sample_rate
-        want = f"batch {batch}" + (
-            f", {frames} frames ({frames * hop / sr:.2f} s)" if frames else ""
-        )
-        fix = f"`python -m export.build --batch-sizes {batch}" + (
-            f" --durations-s {frames * hop / sr:.2f}`" if frames else "`"
-        )
-        if not buckets:
-            return ShapeError(f"{what} {want}: {self.folder} has none; rebuild with {fix}")
-        near = min(buckets, key=lambda bf: (abs(bf[0] - batch), abs((bf[1] or 0) - (frames or 0))))
-        have = f"batch {near[0]}" + (f", {near[1] * hop / sr:.2f} s" if near[1] else "")
-        return ShapeError(f"{what} {want}; the nearest built bucket is {have}; rebuild with {fix}")
-
-    def _dit_batch(self, batch: int, frames: int) -> int:
-        """The DiT engine batch of request bucket (B, T_lat): for dpmpp-2s 2B before B."""
-        for dit_batch in self._dit_batches(batch):
-            if self._found("dit", batch=dit_batch, frames=frames):
-                return dit_batch
-        if self.manifest.sampler.kind == "ping-pong":
-            dits = sorted({(a.batch, a.frames) for a in self._found("dit")})
-            raise self._no_bucket("no dit engine for", batch, frames, dits)
-        # dpmpp-2s: DiT batches are not request batches, so name the request buckets there are.
-        raise self._no_bucket(
-            f"no DiT engine at batch {2 * batch} (conditional and unconditional in one call) or "
-            f"{batch} (in two) for the dpmpp-2s request of",
-            batch,
-            frames,
-            self.built_buckets(),
-        )
+        """The artifact of a component at engine batch, frames (and DiT budget); ShapeError with
+        the nearest built bucket and the build flag that adds this one otherwise."""
+        return self.catalog.artifact(component, batch, frames, budget)
 
     def _engine(self, art: Artifact) -> Engine:
         if art.file not in self._engines:
@@ -235,7 +134,7 @@ class Pipeline:
 
     def _text_artifact(self, batch: int) -> Artifact:
         """The batch-1 text encoder (run per prompt, cached) if built, else the batch-B one."""
-        one = self._found("text_encoder", batch=1)
+        one = self.catalog.found("text_encoder", batch=1)
         return one[0] if one else self.artifact("text_encoder", batch, None)
 
     # --- stages ---
@@ -331,7 +230,7 @@ class Pipeline:
     ) -> Bucket:
         m, kind = self.manifest, self.manifest.sampler.kind
         calls = evaluations(kind, sigmas, budgets, m.sampler.budgets, m.sampler.sigma_thresholds)
-        dit_batch = self._dit_batch(batch, frames)
+        dit_batch = self.catalog.dit_batch(batch, frames)
         artifacts = {
             "text_encoder": [self._text_artifact(batch)],
             "dit": [

@@ -1,0 +1,151 @@
+"""Which artifacts of a build folder run here: the backend, the request buckets, the error hints.
+
+A `Catalog` reads one manifest for one backend and device. It answers what `Pipeline` asks before
+it loads anything: which backend `auto` means on this device, which (B, T_lat) request buckets are
+built, which artifact serves a component at an engine batch, frames and DiT budget, and, when none
+does, a `ShapeError` that names the nearest built bucket and the `export.build` flag that adds it.
+For dpmpp-2s a request batch B is served by DiT engines at 2B ([cond; uncond] in one call) or B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from presto_common.errors import BackendUnavailable, InputError, ShapeError
+from presto_common.names import BACKEND_ALIASES
+from runtime.engines import backend_available
+from runtime.manifest import Artifact, Manifest
+
+
+class Catalog:
+    """The artifacts of `manifest` (in `folder`) that `backend` runs on `device`."""
+
+    def __init__(
+        self, folder: Path, manifest: Manifest, device: torch.device, backend: str
+    ) -> None:
+        self.folder, self.manifest, self.device = folder, manifest, device
+        self.backend = self._choose_backend(backend)
+
+    def _choose_backend(self, backend: str) -> str:
+        present = {a.backend for a in self.manifest.artifacts}
+        if backend == "auto":
+            # TensorRT is only used when asked for by name until it has run somewhere (README).
+            order = ("torch", "onnx") if self.device.type == "cuda" else ("onnx", "torch")
+            for b in order:
+                if b in present and not backend_available(b) and self._runs_here(b):
+                    return b
+            raise BackendUnavailable(
+                f"{self.folder} has no artifacts that run on {self.device} here (it has "
+                f"{sorted(present)}); build some with `python -m export.build --backends torch "
+                f"--device {self.device.type}`"
+            )
+        name = BACKEND_ALIASES.get(backend)
+        if name is None:
+            raise InputError(f"backend={backend!r}; expected auto, torch, onnxruntime or tensorrt")
+        reason = backend_available(name)
+        if reason:
+            raise BackendUnavailable(reason)
+        if name not in present:
+            raise BackendUnavailable(
+                f"{self.folder} has no {backend} artifacts; rebuild with `python -m export.build "
+                f"--backends {name}`"
+            )
+        return name
+
+    def _runs_here(self, backend: str) -> bool:
+        if backend == "onnx":
+            return self.device.type == "cpu"
+        if backend == "tensorrt":
+            return self.device.type == "cuda"
+        suffix = "-cpu.pt2" if self.device.type == "cpu" else "-cuda.pt2"
+        return any(a.file.endswith(suffix) for a in self.manifest.artifacts if a.backend == backend)
+
+    def _for_device(self, art: Artifact) -> bool:
+        return art.backend != "torch" or art.file.endswith(f"-{self.device.type}.pt2")
+
+    def found(self, component: str, **match) -> list[Artifact]:
+        found = self.manifest.find(component, self.backend, **match)
+        return [a for a in found if self._for_device(a)]
+
+    def dit_batches(self, batch: int) -> tuple[int, ...]:
+        """DiT engine batches that serve request batch B, preferred first."""
+        if self.manifest.sampler.kind == "dpmpp-2s":
+            return (2 * batch, batch)
+        return (batch,)
+
+    def built_buckets(self) -> list[tuple[int, int]]:
+        """(B, T_lat) request buckets this backend and device can run, ascending.
+
+        A bucket needs the VAE decoder at batch B and the DiT at a batch its sampler calls it with:
+        B for ping-pong; 2B ([cond; uncond] in one call) or B (two calls) for dpmpp-2s.
+        """
+        decoders = {(a.batch, a.frames) for a in self.found("vae_decoder")}
+        dits = {(a.batch, a.frames) for a in self.found("dit")}
+        return sorted(
+            (b, f) for b, f in decoders if any((d, f) in dits for d in self.dit_batches(b))
+        )
+
+    def built_batches(self) -> list[int]:
+        """Request batch sizes B with at least one built bucket, ascending."""
+        return sorted({b for b, _ in self.built_buckets()})
+
+    def built_frames(self, batch: int) -> list[int]:
+        """Latent-frame buckets T_lat this backend and device run at request batch B, ascending."""
+        return [f for b, f in self.built_buckets() if b == batch]
+
+    def artifact(
+        self, component: str, batch: int, frames: int | None, budget: int | None = None
+    ) -> Artifact:
+        """The artifact of a component at engine batch, frames (and DiT budget).
+
+        Raises ShapeError naming the nearest built bucket and the build flag that adds this one.
+        """
+        found = self.found(component, batch=batch, frames=frames, budget=budget)
+        if found:
+            return found[0]
+        buckets = sorted({(a.batch, a.frames) for a in self.found(component)})
+        if component == "dit" and (batch, frames) in buckets:
+            built = sorted({a.budget for a in self.found("dit")})
+            raise ShapeError(
+                f"no DiT engine for budget {budget} (built: {built}); rebuild with "
+                f"`python -m export.build --budgets {','.join(map(str, sorted({*built, budget})))}` "
+                f"or pick steps and rho whose budgets were built"
+            )
+        raise self.no_bucket(f"no {component} engine for", batch, frames, buckets)
+
+    def no_bucket(
+        self, what: str, batch: int, frames: int | None, buckets: Sequence[tuple[int, int | None]]
+    ) -> ShapeError:
+        """ShapeError: `what` batch B (and frames) is not built; the nearest and the fix."""
+        hop, sr = self.manifest.hop_length, self.manifest.sample_rate
+        want = f"batch {batch}" + (
+            f", {frames} frames ({frames * hop / sr:.2f} s)" if frames else ""
+        )
+        fix = f"`python -m export.build --batch-sizes {batch}" + (
+            f" --durations-s {frames * hop / sr:.2f}`" if frames else "`"
+        )
+        if not buckets:
+            return ShapeError(f"{what} {want}: {self.folder} has none; rebuild with {fix}")
+        near = min(buckets, key=lambda bf: (abs(bf[0] - batch), abs((bf[1] or 0) - (frames or 0))))
+        have = f"batch {near[0]}" + (f", {near[1] * hop / sr:.2f} s" if near[1] else "")
+        return ShapeError(f"{what} {want}; the nearest built bucket is {have}; rebuild with {fix}")
+
+    def dit_batch(self, batch: int, frames: int) -> int:
+        """The DiT engine batch of request bucket (B, T_lat): for dpmpp-2s 2B before B."""
+        for dit_batch in self.dit_batches(batch):
+            if self.found("dit", batch=dit_batch, frames=frames):
+                return dit_batch
+        if self.manifest.sampler.kind == "ping-pong":
+            dits = sorted({(a.batch, a.frames) for a in self.found("dit")})
+            raise self.no_bucket("no dit engine for", batch, frames, dits)
+        # dpmpp-2s: DiT batches are not request batches, so name the request buckets there are.
+        raise self.no_bucket(
+            f"no DiT engine at batch {2 * batch} (conditional and unconditional in one call) or "
+            f"{batch} (in two) for the dpmpp-2s request of",
+            batch,
+            frames,
+            self.built_buckets(),
+        )
