@@ -64,7 +64,7 @@ from benchmarks.environment import environment
 from benchmarks.harness import run_benchmark
 from benchmarks.prepare import build_for
 from benchmarks.report import format_report
-from presto_common.cli import add_logging_flags, setup_logging
+from presto_common.cli import add_logging_flags, check_device, check_json_output, setup_logging
 from presto_common.errors import PrestoError
 
 log = logging.getLogger("benchmarks.latency")
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated, timed in this order; ratios are against the first (default: "
         "engines): engines, torch, torch-nograph, onnxruntime, tensorrt, eager-fp32, eager-bf16",
     )
-    add("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    add("--device", choices=("cpu", "cuda"), help="default: cuda if available")  # checked in main
     add("--runs", type=int, default=20, metavar="N", help="timed runs (default: 20)")
     add("--warmup", type=int, default=3, metavar="N", help="untimed runs (default: 3)")
     add("--max-batch", action=argparse.BooleanOptionalAction, help="default: on CUDA only")
@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, with_environment(doc))
 
     try:
+        # Refuse a --json path or device that cannot work before building or timing anything.
+        if args.json is not None:
+            check_json_output(args.json)
+        if args.device is not None:
+            check_device(args.device)
         baseline = load_baseline(args.compare) if args.compare else None
         if args.preset is not None:
             device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from presto_common.errors import PrestoError
+from presto_common.errors import InputError, OutputError, PrestoError
 
 log = logging.getLogger("presto")
 
@@ -32,6 +35,18 @@ NOISY_LOGGERS = (
     "onnxscript",
     "onnx_ir",  # logs every graph rewrite
 )
+
+# Stereo width is the gain w on the side signal (L = M + w S, R = M - w S); 1 is the model's own
+# image and 0 is mono. Past 4 the side is 4x what the model predicted and most samples exceed full
+# scale; a negative w only swaps L and R. So [0, 4] holds every useful setting and refuses typos
+# such as 1e30, which would clip every sample.
+WIDTH_RANGE = (0.0, 4.0)
+
+# Output suffixes the writers produce: `write_wavs` always writes WAV data.
+OUTPUT_SUFFIXES = (".wav",)
+
+# cpu, cuda or cuda:N, the device names the CLIs accept.
+_DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 # Peak normalisation leaves this much headroom below full scale (-0.1 dBFS).
 NORMALIZE_PEAK = 10 ** (-0.1 / 20)
@@ -71,6 +86,124 @@ def run_main(body: Callable[[], list[Path]], argv: list[str], resolved: dict) ->
     return 0
 
 
+# --- Up-front checks shared by the CLIs: each raises a PrestoError naming the value and the fix.
+
+
+def check_width(width: float) -> float:
+    """`width` if finite and within WIDTH_RANGE; InputError otherwise."""
+    lo, hi = WIDTH_RANGE
+    if not (math.isfinite(width) and lo <= width <= hi):
+        raise InputError(
+            f"--width {width} is outside [{lo:g}, {hi:g}] (1 is the model's stereo width, 0 mono); "
+            "pass e.g. --width 1"
+        )
+    return float(width)
+
+
+def check_device(name: str) -> str:
+    """`name` if it is cpu, cuda or cuda:N, and that CUDA device exists; InputError otherwise."""
+    if not _DEVICE_RE.fullmatch(name):
+        raise InputError(f"--device {name!r} is not a device name; expected cpu, cuda or cuda:N")
+    if name.startswith("cuda"):
+        import torch  # imported here: only a CUDA request needs it
+
+        index = int(name.partition(":")[2] or 0)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            raise InputError(
+                f"--device {name} asked for, but this machine has {count} CUDA device(s); "
+                "use --device cpu" + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    return name
+
+
+def check_seeds(seed: int, num_takes: int) -> None:
+    """Seeds seed..seed+num_takes-1 all in [0, 2**63 - 1]; InputError naming the flag otherwise."""
+    from presto_common.noise import SEED_MAX  # noise imports torch; keep this module light
+
+    if num_takes < 1:
+        raise InputError(f"--num-takes={num_takes} must be >= 1")
+    if not 0 <= seed <= SEED_MAX - (num_takes - 1):
+        last = "" if num_takes == 1 else f" (and seed + num_takes - 1 = {seed + num_takes - 1})"
+        raise InputError(
+            f"--seed {seed}{last} is outside [0, 2**63 - 1]; pass a seed in that range, e.g. --seed 0"
+        )
+
+
+def check_output(path: Path, *, forbidden_dir: Path | None = None) -> None:
+    """Check before any work that `path` can be written: a .wav name that is not a folder, in an
+    existing writable folder, outside `forbidden_dir` (e.g. the build folder being read).
+
+    Raises OutputError naming the path and the fix.
+    """
+    try:
+        if path.is_dir():
+            raise OutputError(f"-o {path} is a folder; give a file name such as {path / 'out.wav'}")
+        if path.suffix.lower() not in OUTPUT_SUFFIXES:
+            ends = f"ends in {path.suffix!r}" if path.suffix else "has no extension"
+            raise OutputError(
+                f"-o {path}: the output is written as WAV, but the name {ends}; "
+                f"name it {path.stem or 'out'}.wav"
+            )
+        if forbidden_dir is not None:
+            resolved, forbidden = path.resolve(), forbidden_dir.resolve()
+            if resolved == forbidden or forbidden in resolved.parents:
+                raise OutputError(
+                    f"-o {path} is inside the build folder {forbidden_dir}, which this command "
+                    "only reads; write the audio elsewhere, e.g. -o out.wav"
+                )
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte: not a usable path
+        raise OutputError(f"-o {path!s:.80}: not a usable path ({err}); choose another") from None
+    check_writable_folder(path.parent, "-o")
+
+
+def check_outputs(paths: Sequence[Path], *, forbidden_dir: Path | None = None) -> None:
+    """`check_output` for each of `paths` (one per take)."""
+    for path in paths:
+        check_output(path, forbidden_dir=forbidden_dir)
+
+
+def check_json_output(path: Path) -> None:
+    """Like `check_output` for a JSON result file (--json): not a folder, in a writable folder."""
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise OutputError(
+            f"--json {path!s:.80}: not a usable path ({err}); choose another"
+        ) from None
+    if is_dir:
+        raise OutputError(f"--json {path} is a folder; give a file name such as {path / 'r.json'}")
+    check_writable_folder(path.parent, "--json")
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """OutputError unless `folder` exists and a file can be created in it.
+
+    Probed by creating and removing a temporary file, which is what the write will do (permission
+    bits alone miss root, ACLs and read-only mounts).
+    """
+    try:
+        exists = folder.is_dir()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise OutputError(
+            f"{flag} {folder!s:.80}: not a usable folder ({err}); choose another"
+        ) from None
+    if not exists:
+        raise OutputError(f"{flag}: output folder {folder} does not exist; create it first")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".presto-write-check-"):
+            pass
+    except OSError as err:
+        raise OutputError(
+            f"{flag}: output folder {folder} is not writable ({err.strerror}); "
+            f"choose another {flag} path"
+        ) from None
+    except ValueError as err:  # a NUL byte in the name
+        raise OutputError(
+            f"{flag} {folder!s:.80}: not a usable folder ({err}); choose another"
+        ) from None
+
+
 def add_request_flags(parser: argparse.ArgumentParser, default_duration: str) -> None:
     """The flags of a generation request, shared by `presto_ref.generate` and `runtime.generate`:
     prompt, -o, --bpm, --duration-s, --seed, --num-takes, --steps, --rho, --cfg, --mono, --width,
@@ -82,7 +215,7 @@ def add_request_flags(parser: argparse.ArgumentParser, default_duration: str) ->
         required=True,
         type=Path,
         metavar="PATH",
-        help="WAV path; with --num-takes N > 1, takes go to PATH_0.wav ... PATH_{N-1}.wav",
+        help=".wav path; with --num-takes N > 1, takes go to PATH_0.wav ... PATH_{N-1}.wav",
     )
     parser.add_argument("--bpm", type=float, default=120.0, help="beats per minute (default 120)")
     parser.add_argument(
@@ -117,7 +250,10 @@ def add_request_flags(parser: argparse.ArgumentParser, default_duration: str) ->
         "--mono", action="store_true", help="write mono; skip the mono-to-stereo model"
     )
     parser.add_argument(
-        "--width", type=float, default=1.0, help="stereo width: gain on the side (default 1)"
+        "--width",
+        type=float,
+        default=1.0,
+        help="stereo width: gain on the side, in [0, 4] (default 1)",
     )
     add_wav_flags(parser)
 

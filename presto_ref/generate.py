@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,11 @@ import torch
 from presto_common.cli import (
     add_logging_flags,
     add_request_flags,
+    check_device,
+    check_output,
+    check_outputs,
+    check_seeds,
+    check_width,
     run_main,
     setup_logging,
     take_paths,
@@ -31,11 +38,99 @@ from presto_common.cli import (
 from presto_common.errors import InputError, NumericalError
 from presto_common.names import PRECISIONS, torch_dtype
 from presto_ref.checkpoint import load_checkpoint, random_model, read_config
-from presto_ref.pipeline import Request, validate_request
+from presto_ref.config import PrestoConfig
+from presto_ref.pipeline import Presto, Request, validate_request
 from presto_ref.presets import DEFAULT_PRESET, PRESETS, get_preset
 from presto_ref.text import ByteTokenizer
 
 log = logging.getLogger("presto_ref.generate")
+
+# A model this large takes minutes per generation on a CPU (presto-ls: 865 M parameters).
+SLOW_ON_CPU_PARAMETERS = 100_000_000
+
+# Activations the decoders keep alive at their widest layer: a residual unit holds its input, the
+# conv output and the activation's output. An estimate for the memory check, not a measurement.
+LIVE_ACTIVATIONS = 3
+
+
+# --- Cost estimates, from the config alone (nothing is allocated)
+
+
+def count_parameters(config: PrestoConfig) -> int:
+    """Parameters of the whole model, counted on the meta device (no weights memory)."""
+    with torch.device("meta"):
+        model = Presto(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def bytes_per_take(config: PrestoConfig, num_frames: int, stereo: bool, element_size: int) -> int:
+    """Estimated peak bytes one take adds to a batch: the VAE decoder's (or the mono-to-stereo
+    model's) widest activation x LIVE_ACTIVATIONS, plus the latents and audio in float32."""
+    vae = config.vae
+    widest = max(
+        (vae.decoder_width >> k) * num_frames * math.prod(vae.decoder_strides[:k])
+        for k in range(len(vae.decoder_strides) + 1)
+    )
+    num_samples = num_frames * config.hop_length
+    if stereo:
+        st = config.stereo
+        mel_frames = num_samples // st.hop_length + 1
+        widest = max(
+            widest,
+            *(
+                (st.width >> k) * mel_frames * math.prod(st.upsample_rates[:k])
+                for k in range(len(st.upsample_rates) + 1)
+            ),
+        )
+    channels = 2 if stereo else 1
+    return LIVE_ACTIVATIONS * widest * element_size + 4 * (
+        config.vae.latent_channels * num_frames + (channels + 1) * num_samples
+    )
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on `device`: MemAvailable on a CPU (Linux), free CUDA memory; None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(
+    config: PrestoConfig,
+    num_takes: int,
+    num_frames: int,
+    stereo: bool,
+    num_parameters: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """InputError when the weights plus num_takes takes would not fit in `device`'s free memory."""
+    free = available_bytes(device)
+    if free is None:
+        log.warning("free memory of %s unknown; --num-takes %d is not checked", device, num_takes)
+        return
+    element_size = torch.empty((), dtype=dtype, device="meta").element_size()
+    per_take = bytes_per_take(config, num_frames, stereo, element_size)
+    weights = num_parameters * element_size
+    if weights + num_takes * per_take > free:
+        fits = max(0, (free - weights) // per_take)
+        fix = (
+            f"ask for at most --num-takes {fits}"
+            if fits
+            else "ask for a shorter --duration-s or a smaller --preset"
+        )
+        raise InputError(
+            f"--num-takes {num_takes} needs about {(weights + num_takes * per_take) / 2**30:.1f} GiB "
+            f"on {device} ({per_take / 2**20:.0f} MiB per take of "
+            f"{config.duration_for_frames(num_frames):.2f} s, {weights / 2**30:.1f} GiB of weights), "
+            f"but {free / 2**30:.1f} GiB is free; {fix}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ping-pong for distilled models, dpmpp-2s (with CFG++) for the base model",
     )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument(
         "--dtype", choices=PRECISIONS, default="fp32", help="weights dtype (default fp32)"
     )
@@ -77,18 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
 
     def body() -> list[Path]:
-        # 1. Resolve the config and check the whole request before loading any weights.
-        config = (
-            read_config(args.checkpoint)
-            if args.checkpoint
-            else get_preset(args.preset or DEFAULT_PRESET)
-        )
-        if args.num_takes < 1:
-            raise InputError(f"--num-takes={args.num_takes} must be >= 1")
+        # 1. Check the flags, resolve the config and check the whole request before loading weights.
+        check_seeds(args.seed, args.num_takes)
+        check_width(args.width)
+        device = torch.device(check_device(args.device))
+        check_output(args.output)  # each take's folder and suffix
+        preset = args.preset or DEFAULT_PRESET
+        config = read_config(args.checkpoint) if args.checkpoint else get_preset(preset)
         duration_s = config.max_duration_s if args.duration_s is None else args.duration_s
-        request = Request(
-            prompts=(args.prompt,) * args.num_takes,
-            seeds=tuple(range(args.seed, args.seed + args.num_takes)),
+        first = Request(  # take 0 alone: the checks below run before a batch is built
+            prompts=(args.prompt,),
+            seeds=(args.seed,),
             bpm=args.bpm,
             duration_s=duration_s,
             num_steps=args.steps,
@@ -98,17 +192,29 @@ def main(argv: list[str] | None = None) -> int:
             stereo=not args.mono,
             width=args.width,
         )
-        sampler = validate_request(config, request)
+        sampler = validate_request(config, first)
         ByteTokenizer(config.text.max_tokens).encode([args.prompt])  # empty / overlong prompt
-        paths = take_paths(args.output, args.num_takes)
-        if not args.output.parent.is_dir():
-            raise InputError(f"output folder {args.output.parent} does not exist; create it first")
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(
-                f"--device {args.device} asked for, but CUDA is not available; use --device cpu"
-            )
         num_frames = config.frames_for_duration(duration_s)
+        num_parameters = count_parameters(config)
+        dtype = torch_dtype(args.dtype)
+        check_memory(
+            config, args.num_takes, num_frames, not args.mono, num_parameters, dtype, device
+        )
+        paths = take_paths(args.output, args.num_takes)
+        check_outputs(paths)  # no take's name is a folder
+        request = replace(
+            first,
+            prompts=(args.prompt,) * args.num_takes,
+            seeds=tuple(range(args.seed, args.seed + args.num_takes)),
+        )
+        source = f"checkpoint {args.checkpoint}" if args.checkpoint else f"preset {preset}"
+        cost = ""
+        if device.type == "cpu" and num_parameters >= SLOW_ON_CPU_PARAMETERS:
+            faster = "a CUDA device" if args.checkpoint else "--preset tiny for a quick check"
+            cost = f"; a CPU run of a model this size takes minutes, use {faster}"
+        log.info(
+            "loading %s (%.0f M parameters) on %s%s", source, num_parameters / 1e6, device, cost
+        )
         log.info(
             "%s: %d frames = %.3f s, sampler %s, %d steps, rho %g",
             config.name,
@@ -121,16 +227,22 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. Load or initialise the model.
         if args.checkpoint:
-            model = load_checkpoint(args.checkpoint, device=device, dtype=torch_dtype(args.dtype))
+            model = load_checkpoint(args.checkpoint, device=device, dtype=dtype)
         else:
-            model = (
-                random_model(config, args.init_seed)
-                .to(device=device, dtype=torch_dtype(args.dtype))
-                .eval()
-            )
+            model = random_model(config, args.init_seed).to(device=device, dtype=dtype).eval()
 
         # 3. Generate, check, then write every take (nothing is written if any take is bad).
-        audio = model.generate(request, on_step=lambda i, n: log.info("step %d/%d", i, n))
+        def on_step(i: int, n: int) -> None:
+            log.info("step %d/%d", i, n)
+            if i == n:  # the sampling loop is done; decoding is the next long phase
+                log.info(
+                    "decoding %.2f s of %s audio for %d take(s) ...",
+                    config.duration_for_frames(num_frames),
+                    "mono" if args.mono else "stereo",
+                    args.num_takes,
+                )
+
+        audio = model.generate(request, on_step=on_step)
         audio = audio.cpu().numpy()
         for i, take in enumerate(audio):
             if not np.isfinite(take).all():

@@ -21,12 +21,17 @@ from pathlib import Path
 from presto_common.cli import (
     add_logging_flags,
     add_request_flags,
+    check_device,
+    check_output,
+    check_outputs,
+    check_seeds,
+    check_width,
     run_main,
     setup_logging,
     take_paths,
     write_wavs,
 )
-from presto_common.errors import InputError
+from presto_common.errors import ShapeError
 from runtime.pipeline import Pipeline
 
 log = logging.getLogger("runtime.generate")
@@ -43,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=("auto", "tensorrt", "onnxruntime", "torch"), default="auto"
     )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)"
+    )
     p.add_argument("--no-cuda-graph", action="store_true", help="run the chain uncaptured on CUDA")
     add_logging_flags(p)
     return p
@@ -55,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
 
     def body() -> list[Path]:
-        if args.num_takes < 1:
-            raise InputError(f"--num-takes={args.num_takes} must be >= 1")
-        if not args.output.parent.is_dir():
-            raise InputError(f"output folder {args.output.parent} does not exist; create it first")
+        # Check the flags before loading engines; never write into the build folder being read.
+        check_seeds(args.seed, args.num_takes)
+        check_width(args.width)
+        if args.device is not None:
+            check_device(args.device)
+        check_output(args.output, forbidden_dir=args.engines)  # each take's folder and suffix
         start = time.perf_counter()
         pipe = Pipeline(
             args.engines,
@@ -73,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             pipe.device,
             time.perf_counter() - start,
         )
+        largest = max(pipe.built_batches(), default=0)
+        if args.num_takes > largest:  # before a list of num_takes prompts is built
+            raise ShapeError(
+                f"--num-takes {args.num_takes} exceeds the largest batch built in {args.engines} "
+                f"({largest}); ask for at most {largest} takes, or rebuild with "
+                f"`python -m export.build --batch-sizes {args.num_takes}`"
+            )
+        paths = take_paths(args.output, args.num_takes)
+        check_outputs(paths, forbidden_dir=args.engines)  # no take's name is a folder
         seeds = list(range(args.seed, args.seed + args.num_takes))
         start = time.perf_counter()
         audio = pipe.generate(
@@ -92,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             audio.duration_s,
             time.perf_counter() - start,
         )
-        paths = take_paths(args.output, args.num_takes)
         write_wavs(
             paths,
             audio.samples,
