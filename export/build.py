@@ -28,11 +28,12 @@ import json
 import sys
 from pathlib import Path
 
-from export.folder import BuiltArtifact, build_folder, load_model
+from export.folder import BuiltArtifact, build_folder, check_out
 from presto_common.cli import add_logging_flags, run_main, setup_logging
 from presto_common.errors import ConfigError
 from presto_common.names import PRECISIONS
-from presto_ref.presets import DEFAULT_PRESET, PRESETS
+from presto_ref.checkpoint import read_config
+from presto_ref.presets import DEFAULT_PRESET, PRESETS, get_preset
 
 # --- command line --------------------------------------------------------------------------------
 
@@ -145,13 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
 
     def body() -> list[Path]:
-        # The model first: the default --out is named after it.
-        model = load_model(preset=args.preset, checkpoint=args.checkpoint, init_seed=args.init_seed)
-        out = args.out or Path("artifacts") / model.config.name
+        # --out first, before the model is loaded: the default is named after the model's config.
+        if args.out is None:
+            config = (
+                read_config(args.checkpoint)
+                if args.checkpoint is not None
+                else get_preset(args.preset or DEFAULT_PRESET)
+            )
+        out = args.out or Path("artifacts") / config.name
+        check_out(out)
         built: list[BuiltArtifact] = []
         manifest = build_folder(
             out,
-            model=model,
+            preset=args.preset,
+            checkpoint=args.checkpoint,
+            init_seed=args.init_seed,
             backends=parse_list(args.backends, str),
             precision=args.precision,
             batch_sizes=parse_list(args.batch_sizes, int),

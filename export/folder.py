@@ -4,7 +4,8 @@ The steps: the model (a preset's seeded random init, a checkpoint, or a model ob
 checked against it, then for every spec and backend either an earlier build's matching artifact or
 a fresh one, and the manifest last. Everything is written into a temporary sibling of `out` that
 replaces `out` only once the build is complete, so a failed build leaves `out` as it was and no
-half-written folder behind. `python -m export.build` is a thin command line over `build_folder`.
+half-written folder behind. `out` is checked first (`check_out`): a build never replaces a folder
+that is not a build, nor a file. `python -m export.build` is a thin command line over `build_folder`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from export.reuse import (
     weights_digest,
 )
 from export.spec import make_specs
-from presto_common.errors import ConfigError, EngineBuildError
+from presto_common.errors import ConfigError, EngineBuildError, OutputError
 from presto_ref.checkpoint import load_checkpoint, random_model
 from presto_ref.pipeline import Presto
 from presto_ref.presets import DEFAULT_PRESET
@@ -97,11 +98,16 @@ def build_folder(
     reuse_from: other build folders to take matching artifacts from. on_artifact: called as each
     artifact is done.
 
+    `out` must be missing, an empty folder or an earlier build (a folder holding manifest.json);
+    anything else is refused before the model is loaded (`check_out`).
+
     Raises a PrestoError subclass for anything the caller can fix (ConfigError for bad options,
-    BackendUnavailable, CheckpointError, EngineBuildError); `out` is then left as it was.
+    OutputError for an `out` that cannot be written, BackendUnavailable, CheckpointError,
+    EngineBuildError); `out` is then left as it was unless the message says otherwise.
     """
     if not isinstance(out, (str, Path)):
         raise ConfigError(f"out={out!r} must be a folder path (str or pathlib.Path)")
+    check_out(Path(out))
     if model is not None:
         if preset is not None or checkpoint is not None:
             raise ConfigError(
@@ -206,12 +212,52 @@ def run_build(
     except OSError as err:
         raise EngineBuildError(
             f"could not write the build to {out}: {err}; free disk space or choose another --out "
-            f"(nothing was left behind)"
+            f"({out} is as it was)"
         ) from err
     return manifest
 
 
-# --- the staging folder ----------------------------------------------------------------------------
+# --- the output folder ----------------------------------------------------------------------------
+
+
+def check_out(out: Path) -> None:
+    """Refuse an `out` that a build must not replace; nothing is created or changed.
+
+    Allowed: a missing path under a writable folder, an empty folder, or a folder holding
+    manifest.json (an earlier build, whatever its schema). Raises OutputError naming the path,
+    what is there and the fix.
+    """
+    fix = "choose another --out (a new or empty folder, or an earlier build)"
+    if out.name in ("", ".", ".."):
+        raise OutputError(f"--out {out} names no folder of its own; {fix}")
+    if out.is_symlink():
+        raise OutputError(
+            f"--out {out} is a symbolic link to {os.readlink(out)}; a build would replace the "
+            f"link: pass the folder it points to as --out, or {fix}"
+        )
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file, not a folder; a build would replace it: {fix}")
+    if out.is_dir() and not (out / MANIFEST_FILE).is_file():
+        entries = sorted(out.iterdir())
+        if entries:
+            shown = ", ".join(e.name + ("/" if e.is_dir() else "") for e in entries[:3])
+            more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+            raise OutputError(
+                f"--out {out} is not a build folder: it holds {shown}{more} and no "
+                f"{MANIFEST_FILE}, and a build would replace it; {fix}, or empty it"
+            )
+    # The build writes a sibling of `out` and renames it: the nearest existing ancestor must be a
+    # folder this process can write into.
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"--out {out} cannot be made: {parent} is a file, not a folder; {fix}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"--out {out} cannot be written: no write permission in {parent}; {fix}, or make "
+            f"{parent} writable"
+        )
 
 
 @contextmanager
@@ -226,18 +272,52 @@ def _staging(out: Path) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            log.warning("could not remove the unfinished build %s; delete it by hand", tmp)
 
 
 def _publish(staging: Path, out: Path) -> None:
-    """Swap the finished `staging` folder into `out`; an earlier `out` is removed afterwards."""
-    if out.exists():
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
+    """Swap the finished `staging` folder into `out`; an earlier build there is removed afterwards.
+
+    `out` is checked again (it may have changed during the build). Raises OutputError saying where
+    the earlier build is when a step of the swap fails.
+    """
+    check_out(out)
+    if not out.exists():
+        staging.rename(out)
+        return
+    if not (out / MANIFEST_FILE).is_file():  # an empty folder: rename() replaces it
+        staging.rename(out)
+        return
+    # A fresh, empty backup name: rename() replaces the empty folder mkdtemp made.
+    backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    try:
         out.rename(backup)
+    except OSError as err:
+        backup.rmdir()
+        raise OutputError(
+            f"could not move the earlier build {out} aside ({err}); it is unchanged and the new "
+            f"build was discarded: check the permissions of {out.parent} or choose another --out"
+        ) from err
+    try:
         staging.rename(out)
-        shutil.rmtree(backup)
-    else:
-        staging.rename(out)
+    except OSError as err:
+        try:
+            backup.rename(out)
+        except OSError:
+            raise OutputError(
+                f"could not move the new build into {out} ({err}), nor the earlier build back: "
+                f"the earlier build is in {backup}; move it back with `mv {backup} {out}`"
+            ) from err
+        raise OutputError(
+            f"could not move the new build into {out} ({err}); the earlier build is back in "
+            f"{out} unchanged and the new build was discarded"
+        ) from err
+    shutil.rmtree(backup, ignore_errors=True)
+    if backup.exists():
+        log.warning(
+            "the new build is in %s, but the earlier one is left in %s: delete it", out, backup
+        )
 
 
 def _quiet_polygraphy(verbose: bool) -> None:
