@@ -13,11 +13,13 @@ model parses its device string); build there with `CXX=/usr/bin/g++`, the system
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from export.onnx_export import TREESPEC_WARNING
 from presto_common.errors import BackendUnavailable, EngineBuildError
 from runtime.manifest import TensorInfo
 from runtime.torch_engine import signature_metadata
@@ -93,7 +96,7 @@ def compile_package(
     start = time.perf_counter()
     try:
         # 1. Export. no_grad rather than inference_mode: export refuses inference tensors.
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_treespec():
             try:
                 exported = torch.export.export(module, sample_inputs)
             except Exception as err:
@@ -108,9 +111,10 @@ def compile_package(
         config["aot_inductor.metadata"] = metadata
         export_s = time.perf_counter() - start
 
-        # 2. Compile and package.
+        # 2. Compile and package: the slow part (silent for up to a minute per graph), so say so first.
+        log.info("compiling %s for %s (this can take a minute or more) ...", name, target)
         tmp_path = tmp_dir / path.name
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_treespec():
             try:
                 torch._inductor.aoti_compile_and_package(
                     exported, package_path=str(tmp_path), inductor_configs=config
@@ -199,6 +203,16 @@ def _signature(
     inputs = tuple(info(n, n) for n in sig.user_inputs)
     outputs = tuple(info(n, f"output{i}") for i, n in enumerate(sig.user_outputs))
     return inputs, outputs
+
+
+@contextlib.contextmanager
+def _quiet_treespec() -> Iterator[None]:
+    """Hide torch's own FutureWarning that `isinstance(treespec, LeafSpec)` is deprecated: torch
+    2.13 raises it when it deep-copies a pytree spec while exporting and compiling, and no caller
+    can change that. Every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", TREESPEC_WARNING, FutureWarning)
+        yield
 
 
 def _first_line(err: BaseException) -> str:

@@ -143,12 +143,28 @@ def _polygraphy_errors() -> Iterator[list[str]]:
     handler = _Collect(level=logging.ERROR)
     saved = (G_LOGGER.use_python_logging_system, G_LOGGER.letter, G_LOGGER.colors)
     G_LOGGER.use_python_logging_system, G_LOGGER.letter, G_LOGGER.colors = True, False, False
-    logging.getLogger("Polygraphy").addHandler(handler)
+    polygraphy_log = logging.getLogger("Polygraphy")
+    polygraphy_log.addHandler(handler)
+    polygraphy_log.addFilter(_demote_int64_binding)
     try:
         yield errors
     finally:
-        logging.getLogger("Polygraphy").removeHandler(handler)
+        polygraphy_log.removeFilter(_demote_int64_binding)
+        polygraphy_log.removeHandler(handler)
         G_LOGGER.use_python_logging_system, G_LOGGER.letter, G_LOGGER.colors = saved
+
+
+# The ONNX parser warns "Make sure input ids has Int64 binding." once per engine with int64 ids
+# (the text encoder). The manifest records ids as int64 and the runtime binds what it says, so no
+# one can act on it: it is logged at DEBUG (-v) instead of WARNING.
+INT64_BINDING = re.compile(r"Make sure input \S+ has Int64 binding")
+
+
+def _demote_int64_binding(record: logging.LogRecord) -> bool:
+    if record.levelno > logging.DEBUG and INT64_BINDING.search(record.getMessage()):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+    return True
 
 
 def _first_line(errors: list[str], err: Exception) -> str:
@@ -283,6 +299,9 @@ def build_engine(
                 load_timing_cache=str(cache_in) if cache_in else None,
             )
             save_cache = str(timing_cache) if timing_cache is not None else None
+        where = f"sm {','.join(targets)}" if targets else "this GPU"
+        log.info("building %s engine for %s from %s (this can take minutes) ...", flavor, where,
+                 onnx_path.name)  # fmt: skip
         try:
             with warnings.catch_warnings():
                 # CreateConfigRTX attaches an empty timing cache (see above); RTX warns that it
@@ -309,7 +328,6 @@ def build_engine(
         inputs=inputs,
         outputs=outputs,
     )
-    where = f"sm {','.join(targets)}" if targets else "this GPU"
     log.info("built %s (%s %s, %s, %d bytes) in %.1f s", engine_path, flavor, trt.__version__,
              where, result.size_bytes, build_s)  # fmt: skip
     return result
