@@ -102,7 +102,36 @@ def test_python_examples(section: str, readme_dir: Path, monkeypatch: pytest.Mon
         reason = needs(code)
         if reason:  # the blocks after it build on it, so the rest of the section goes too
             pytest.skip(f"README line {line} needs {reason}")
-        exec(compile(code, f"README.md:{line}", "exec"), namespace)  # noqa: S102
+        _run_block(code, line, namespace)
+
+
+def _run_block(code: str, line: int, namespace: dict) -> None:
+    """Run a block statement by statement. A bare expression whose comment starts with a Python
+    value (`audio.shape  # (1, 2, 230 * 960): stereo ...`) must equal that value; so must the shape
+    of `name = ...  # (1, 32, 230)`."""
+    import ast
+
+    lines = code.splitlines()
+    for stmt in ast.parse(code).body:
+        where = f"README.md:{line + stmt.lineno}"
+        if isinstance(stmt, ast.Expr):
+            value = eval(compile(ast.Expression(stmt.value), where, "eval"), namespace)  # noqa: S307
+        else:
+            exec(compile(ast.Module([stmt], []), where, "exec"), namespace)  # noqa: S102
+            targets = getattr(stmt, "targets", [])
+            if len(targets) != 1 or not isinstance(targets[0], ast.Name):
+                continue
+            value = namespace[targets[0].id]
+            value = getattr(value, "shape", value)
+        comment = lines[stmt.end_lineno - 1][stmt.end_col_offset :].strip()
+        if not comment.startswith("#"):
+            continue
+        claim = comment[1:].split(":")[0].strip()
+        try:
+            expected = eval(claim, {})  # noqa: S307
+        except (SyntaxError, NameError):
+            continue  # a prose comment, not a value
+        assert value == expected, f"{where}: README says {claim}, the code gives {value!r}"
 
 
 COMMANDS = _commands()
@@ -126,3 +155,11 @@ def test_cli_help_lists_readme_flags(module: str) -> None:
 def test_readme_has_examples() -> None:
     assert _sections(), "no ```python blocks found in README.md"
     assert {"export.build", "runtime.generate"} <= {m for m, _ in COMMANDS}
+
+
+def test_expression_comments_are_checked() -> None:
+    _run_block("x = (1, 2)\nx  # (1, 2): a pair\nx  # prose, not a value\n", 0, {})
+    with pytest.raises(AssertionError, match=r"README says \(1, 3\)"):
+        _run_block("x = (1, 2)\nx  # (1, 3)\n", 0, {})
+    with pytest.raises(AssertionError, match=r"README says \(2,\)"):
+        _run_block("import numpy\nx = numpy.zeros(3)  # (2,): a shape\n", 0, {})
