@@ -101,10 +101,12 @@ def sampler_defaults(config: PrestoConfig) -> SamplerDefaults:
     )
 
 
-def build_env(plan: BuildPlan, trt: ModuleType | None) -> dict:
+def build_env(plan: BuildPlan, trt: ModuleType | None, source: dict | None = None) -> dict:
     """Versions and targets of the build: Python, torch, onnx, opset, TensorRT, the CUDA device.
 
-    trt: the module the build imported for plan.trt_flavor (None without engines).
+    trt: the module the build imported for plan.trt_flavor (None without engines). source: the
+    preset or checkpoint and options it was built from (`build_folder`'s), kept under "source" so
+    the runtime can print the command that rebuilds it (`runtime.hints`).
     """
     import onnx
 
@@ -126,13 +128,19 @@ def build_env(plan: BuildPlan, trt: ModuleType | None) -> dict:
     if "torch" in plan.backends and plan.device.startswith("cuda"):
         env["cuda_device"] = torch.cuda.get_device_name(plan.device)
         env["cuda_capability"] = ".".join(map(str, torch.cuda.get_device_capability(plan.device)))
+    if source is not None:
+        env["source"] = source
     return env
 
 
 def make_manifest(
-    config: PrestoConfig, artifacts: list[Artifact], plan: BuildPlan, trt: ModuleType | None
+    config: PrestoConfig,
+    artifacts: list[Artifact],
+    plan: BuildPlan,
+    trt: ModuleType | None,
+    source: dict | None = None,
 ) -> Manifest:
-    """The manifest of a build of `config` holding `artifacts`."""
+    """The manifest of a build of `config` holding `artifacts`; source: see `build_env`."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
         toolkit_version=TOOLKIT_VERSION,
@@ -148,5 +156,5 @@ def make_manifest(
         max_duration_s=config.max_duration_s,
         sampler=sampler_defaults(config),
         artifacts=tuple(artifacts),
-        build_env=build_env(plan, trt),
+        build_env=build_env(plan, trt, source),
     )

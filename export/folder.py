@@ -121,8 +121,13 @@ def build_folder(
                 f"model is {dtype} on {model.device}; the build casts each graph to `precision` "
                 "itself and checks it against the fp32 model on the CPU: pass model.float().cpu()"
             )
+        source = {"preset": None, "checkpoint": None, "model": "a Presto passed to build_folder"}
     else:
         model = load_model(preset=preset, checkpoint=checkpoint, init_seed=init_seed)
+        source = {
+            "preset": None if checkpoint is not None else preset or DEFAULT_PRESET,
+            "checkpoint": None if checkpoint is None else str(Path(checkpoint).absolute()),
+        }
     plan = plan_build(
         model.config,
         backends=backends,
@@ -136,8 +141,18 @@ def build_folder(
         verify=verify,
         reuse_from=reuse_from,
     )
+    # How to build this again (runtime.hints turns it into a command): in build_env, no schema change.
+    source |= {
+        "init_seed": init_seed,
+        "backends": list(plan.backends),
+        "precision": plan.precision,
+        "device": plan.device,
+        "trt": plan.trt_flavor,
+        "compute_capabilities": list(plan.compute_capabilities),
+        "verify": plan.verify,
+    }
     with torch.no_grad():
-        return run_build(model.eval(), plan, Path(out), on_artifact)
+        return run_build(model.eval(), plan, Path(out), on_artifact, source)
 
 
 def run_build(
@@ -145,8 +160,13 @@ def run_build(
     plan: BuildPlan,
     out: Path,
     on_artifact: Callable[[BuiltArtifact], None] | None = None,
+    source: dict | None = None,
 ) -> Manifest:
-    """Build (or reuse) every artifact of `plan` and write `out`, replacing it at the very end."""
+    """Build (or reuse) every artifact of `plan` and write `out`, replacing it at the very end.
+
+    source: the model and options the build came from, recorded as the manifest's
+    build_env["source"] (None records none).
+    """
     from export.trt_build import import_tensorrt
 
     config = model.config
@@ -206,7 +226,7 @@ def run_build(
                 if on_artifact is not None:
                     on_artifact(done)
             # 4. The manifest, then the folder swapped into place.
-            manifest = make_manifest(config, artifacts, plan, trt)
+            manifest = make_manifest(config, artifacts, plan, trt, source)
             (staging / MANIFEST_FILE).write_text(manifest.to_json())
             _publish(staging, out)
     except OSError as err:

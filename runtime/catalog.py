@@ -3,7 +3,8 @@
 A `Catalog` reads one manifest for one backend and device. It answers what `Pipeline` asks before
 it loads anything: which backend `auto` means on this device, which (B, T_lat) request buckets are
 built, which artifact serves a component at an engine batch, frames and DiT budget, and, when none
-does, a `ShapeError` that names the nearest built bucket and the `export.build` flag that adds it.
+does, a `ShapeError` that names the nearest built bucket and the `export.build` command that adds it
+to this folder (`runtime.hints`).
 For dpmpp-2s a request batch B is served by DiT engines at 2B ([cond; uncond] in one call) or B.
 """
 
@@ -17,6 +18,7 @@ import torch
 from presto_common.errors import BackendUnavailable, InputError, ShapeError
 from presto_common.names import BACKEND_ALIASES
 from runtime.engines import backend_available
+from runtime.hints import rebuild_hint
 from runtime.manifest import Artifact, Manifest
 
 
@@ -37,10 +39,12 @@ class Catalog:
             for b in order:
                 if b in present and not backend_available(b) and self._runs_here(b):
                     return b
+            fix = rebuild_hint(
+                self.manifest, self.folder, backends=("torch",), device=self.device.type
+            )
             raise BackendUnavailable(
                 f"{self.folder} has no artifacts that run on {self.device} here (it has "
-                f"{sorted(present)}); build some with `python -m export.build --backends torch "
-                f"--device {self.device.type}`"
+                f"{sorted(present)}); add some with {fix}"
             )
         name = BACKEND_ALIASES.get(backend)
         if name is None:
@@ -49,9 +53,9 @@ class Catalog:
         if reason:
             raise BackendUnavailable(reason)
         if name not in present:
+            fix = rebuild_hint(self.manifest, self.folder, backends=(name,))
             raise BackendUnavailable(
-                f"{self.folder} has no {backend} artifacts; rebuild with `python -m export.build "
-                f"--backends {name}`"
+                f"{self.folder} has no {backend} artifacts; rebuild with {fix}"
             )
         return name
 
@@ -109,9 +113,9 @@ class Catalog:
         buckets = sorted({(a.batch, a.frames) for a in self.found(component)})
         if component == "dit" and (batch, frames) in buckets:
             built = sorted({a.budget for a in self.found("dit")})
+            fix = rebuild_hint(self.manifest, self.folder, budgets=(budget,))
             raise ShapeError(
-                f"no DiT engine for budget {budget} (built: {built}); rebuild with "
-                f"`python -m export.build --budgets {','.join(map(str, sorted({*built, budget})))}` "
+                f"no DiT engine for budget {budget} (built: {built}); rebuild with {fix}, "
                 f"or pick steps and rho whose budgets were built"
             )
         raise self.no_bucket(f"no {component} engine for", batch, frames, buckets)
@@ -124,8 +128,11 @@ class Catalog:
         want = f"batch {batch}" + (
             f", {frames} frames ({frames * hop / sr:.2f} s)" if frames else ""
         )
-        fix = f"`python -m export.build --batch-sizes {batch}" + (
-            f" --durations-s {frames * hop / sr:.2f}`" if frames else "`"
+        fix = rebuild_hint(
+            self.manifest,
+            self.folder,
+            batch_sizes=(batch,),
+            durations_s=(frames * hop / sr,) if frames else None,
         )
         if not buckets:
             return ShapeError(f"{what} {want}: {self.folder} has none; rebuild with {fix}")

@@ -32,11 +32,12 @@ import torch
 from torch import Tensor
 
 from presto_common.cli import write_wavs
-from presto_common.errors import BackendUnavailable, InputError, NumericalError
+from presto_common.errors import ArtifactError, BackendUnavailable, InputError, NumericalError
 from presto_common.tokenizer import encode_bytes
 from runtime.bucket import Bucket
 from runtime.catalog import Catalog
 from runtime.engines import Engine, open_engine
+from runtime.hints import rebuild_hint
 from runtime.manifest import Artifact, Manifest
 from runtime.sampling import check_kind, evaluations, num_draws
 from runtime.schedule import schedule
@@ -126,7 +127,13 @@ class Pipeline:
 
     def _engine(self, art: Artifact) -> Engine:
         if art.file not in self._engines:
-            self.manifest.verify_files(self.folder, [art])
+            try:
+                self.manifest.verify_files(self.folder, [art])
+            except ArtifactError as err:  # its hint names no model, buckets or folder: add them
+                bare = "`python -m export.build`"
+                raise ArtifactError(
+                    str(err).replace(bare, rebuild_hint(self.manifest, self.folder))
+                ) from None
             self._engines[art.file] = open_engine(
                 self.folder, art, self.device, single_threaded=self.cuda_graph
             )
@@ -308,9 +315,11 @@ class Pipeline:
             latents, audio = bucket.run(text, mask, bpm_t, width_t, noise)
             for name, t in (("latents", latents), ("audio", audio)):
                 if not torch.isfinite(t).all():
+                    fix = rebuild_hint(m, self.folder, precision="fp32")
                     raise NumericalError(
                         f"the {name} of this request hold NaN or Inf (backend {self.backend}, "
-                        f"{self.device}); check the build's precision or rebuild in fp32"
+                        f"{self.device}, {m.artifacts[0].precision}); check the build's precision "
+                        f"or rebuild it in fp32 with {fix}"
                     )
             samples = audio.float().cpu().numpy()
         return Audio(samples=samples, sample_rate=m.sample_rate, seeds=tuple(int(s) for s in seeds))
