@@ -190,9 +190,33 @@ def test_memory_estimate_grows_with_takes_and_duration() -> None:
     one_s, two_s = (config.frames_for_duration(d) for d in (1.0, 2.0))
     assert bytes_per_take(config, two_s, True, 4) > bytes_per_take(config, one_s, True, 4)
     assert bytes_per_take(config, one_s, True, 4) >= bytes_per_take(config, one_s, False, 4)
-    # 32 s of stereo at fp32: the decoder's last stage (96 channels x 1.4 M samples) x 3 live
-    # tensors is about 1.6 GB, so 100000 takes can never fit.
+    # 32 s of stereo at fp32: the decoder's last stage alone (96 channels x 1.4 M samples x 4 B)
+    # is 0.54 GB, so 100000 takes can never fit.
     assert bytes_per_take(config, config.max_frames, True, 4) > 1e9
+
+
+def test_memory_check_refuses_a_batch_and_warns_for_one_take(monkeypatch, caplog) -> None:
+    import torch
+
+    from presto_ref import generate
+    from presto_ref.presets import get_preset
+
+    config = get_preset("tiny")
+    frames = config.frames_for_duration(5.0)
+    per_take = generate.bytes_per_take(config, frames, True, 4)
+    monkeypatch.setattr(generate, "available_bytes", lambda device: per_take * 3 // 2)
+    rest = (frames, True, 0, torch.float32, torch.device("cpu"))  # stereo, no weights
+    generate.check_memory(config, 1, *rest)  # fits
+    with pytest.raises(
+        InputError, match="--num-takes 2 needs about .*; ask for at most --num-takes 1"
+    ):
+        generate.check_memory(config, 2, *rest)
+    monkeypatch.setattr(generate, "available_bytes", lambda device: per_take // 2)
+    with caplog.at_level("WARNING", logger="presto_ref.generate"):
+        generate.check_memory(config, 1, *rest)  # one take: a warning, not a refusal
+    assert "one take of 5.01 s may need about" in caplog.text
+    with pytest.raises(InputError, match="shorter --duration-s or a smaller --preset"):
+        generate.check_memory(config, 2, *rest)
 
 
 def test_default_preset_says_what_it_costs(tmp_path: Path, capsys, monkeypatch) -> None:
