@@ -32,6 +32,7 @@ from presto_common.cli import (
     write_wavs,
 )
 from presto_common.errors import ShapeError
+from runtime.hints import rebuild_hint
 from runtime.pipeline import Pipeline
 
 log = logging.getLogger("runtime.generate")
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ShapeError(
                 f"--num-takes {args.num_takes} exceeds the largest batch built in {args.engines} "
                 f"({largest}); ask for at most {largest} takes, or rebuild with "
-                f"`python -m export.build --batch-sizes {args.num_takes}`"
+                + rebuild_hint(pipe.manifest, args.engines, batch_sizes=(args.num_takes,))
             )
         paths = take_paths(args.output, args.num_takes)
         check_outputs(paths, forbidden_dir=args.engines)  # no take's name is a folder

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ class Manifest:
         if version != SCHEMA_VERSION:
             raise ArtifactError(
                 f"{where} has schema_version {version!r}; this runtime reads version "
-                f"{SCHEMA_VERSION}: rebuild the folder with this toolkit's `python -m export.build`"
+                f"{SCHEMA_VERSION}: rebuild the folder with this toolkit's {_rebuild(data, where)}"
             )
         try:
             artifacts = tuple(
@@ -124,7 +125,7 @@ class Manifest:
             return cls(**fields, sampler=sampler, artifacts=artifacts)
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ArtifactError(
-                f"{where} is malformed ({err}); rebuild the folder with `python -m export.build`"
+                f"{where} is malformed ({err}); rebuild the folder with {_rebuild(data, where)}"
             ) from None
 
     @classmethod
@@ -164,6 +165,25 @@ class Manifest:
                     f"{path} is corrupt: sha256 {digest[:12]}... does not match the manifest's "
                     f"{art.sha256[:12]}...; rebuild with `python -m export.build`"
                 )
+
+
+def _rebuild(data: Any, where: str) -> str:
+    """The build command for a manifest this runtime cannot read: its recorded source (preset or
+    checkpoint) where the file still holds one, and always its folder as --out. The whole command,
+    buckets included, is `runtime.hints.rebuild_command`, which needs a readable manifest."""
+    env = data.get("build_env") if isinstance(data, dict) else None
+    source = env.get("source") if isinstance(env, dict) else None
+    source = source if isinstance(source, dict) else {}
+    argv = ["python", "-m", "export.build"]
+    if source.get("checkpoint"):
+        argv += ["--checkpoint", str(source["checkpoint"])]
+    elif source.get("preset"):
+        argv += ["--preset", str(source["preset"])]
+    argv += ["--out", str(Path(where).parent)]
+    command = f"`{shlex.join(argv)}`"
+    if len(argv) == 5:
+        command += " (add the --preset or --checkpoint it was built from)"
+    return command
 
 
 def _tensor(data: dict[str, Any]) -> TensorInfo:

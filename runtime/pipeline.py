@@ -127,16 +127,18 @@ class Pipeline:
 
     def _engine(self, art: Artifact) -> Engine:
         if art.file not in self._engines:
+            # The manifest and the engine wrappers know no model, buckets or folder, so their
+            # hints say a bare `python -m export.build`: put this build's whole command there.
+            bare, full = "`python -m export.build`", rebuild_hint(self.manifest, self.folder)
             try:
                 self.manifest.verify_files(self.folder, [art])
-            except ArtifactError as err:  # its hint names no model, buckets or folder: add them
-                bare = "`python -m export.build`"
-                raise ArtifactError(
-                    str(err).replace(bare, rebuild_hint(self.manifest, self.folder))
-                ) from None
-            self._engines[art.file] = open_engine(
-                self.folder, art, self.device, single_threaded=self.cuda_graph
-            )
+                self._engines[art.file] = open_engine(
+                    self.folder, art, self.device, single_threaded=self.cuda_graph
+                )
+            except (ArtifactError, BackendUnavailable) as err:
+                if bare not in str(err):
+                    raise
+                raise type(err)(str(err).replace(bare, full)) from None
         return self._engines[art.file]
 
     def _text_artifact(self, batch: int) -> Artifact:

@@ -110,3 +110,17 @@ def test_a_sampler_that_is_not_an_object_is_malformed_not_a_traceback(tmp_path: 
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="malformed.*rebuild"):
         Manifest.load(tmp_path)
+
+
+def test_an_unreadable_manifest_names_the_command_it_can_still_recover(tmp_path: Path) -> None:
+    data = json.loads(make_manifest(tmp_path).to_json())
+    data["schema_version"] = 1
+    data["build_env"]["source"] = {"preset": "tiny"}
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="schema_version 1") as err:
+        Manifest.load(tmp_path)
+    assert f"`python -m export.build --preset tiny --out {tmp_path}`" in str(err.value)
+    del data["build_env"]["source"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="add the --preset or --checkpoint it was built from"):
+        Manifest.load(tmp_path)

@@ -185,7 +185,11 @@ def test_cli_writes_takes(build: Path, tmp_path: Path, reference) -> None:
         (["", "--duration-s", "1"], "empty"),
         (["x", "--duration-s", "1", "--bpm", "10"], "bpm=10.0"),
         (["x", "--duration-s", "3"], "no .* engine for batch 1, 138 frames"),
-        (["x", "--duration-s", "1", "--num-takes", "3"], "--batch-sizes 3"),
+        # the hint is the whole command: the model, the new batch beside the built one, the folder
+        (
+            ["x", "--duration-s", "1", "--num-takes", "3"],
+            "--preset tiny .*--batch-sizes 3,1,2 .*--out",
+        ),
         (["x", "--duration-s", "1", "--backend", "tensorrt"], "TensorRT|CUDA GPU"),
         (["x", "--duration-s", "1", "--cfg", "0.5"], "guidance applies to the dpmpp-2s"),
     ],
