@@ -125,20 +125,23 @@ class Pipeline:
         the nearest built bucket and the build flag that adds this one otherwise."""
         return self.catalog.artifact(component, batch, frames, budget)
 
+    def _with_full_hint(self, err: ArtifactError | BackendUnavailable) -> Exception:
+        """`err` with its bare `python -m export.build` hint replaced by this build's whole command:
+        the manifest, sampler and engine wrappers know no model, buckets or folder."""
+        bare = "`python -m export.build`"
+        if bare not in str(err):
+            return err
+        return type(err)(str(err).replace(bare, rebuild_hint(self.manifest, self.folder)))
+
     def _engine(self, art: Artifact) -> Engine:
         if art.file not in self._engines:
-            # The manifest and the engine wrappers know no model, buckets or folder, so their
-            # hints say a bare `python -m export.build`: put this build's whole command there.
-            bare, full = "`python -m export.build`", rebuild_hint(self.manifest, self.folder)
             try:
                 self.manifest.verify_files(self.folder, [art])
                 self._engines[art.file] = open_engine(
                     self.folder, art, self.device, single_threaded=self.cuda_graph
                 )
             except (ArtifactError, BackendUnavailable) as err:
-                if bare not in str(err):
-                    raise
-                raise type(err)(str(err).replace(bare, full)) from None
+                raise self._with_full_hint(err) from None
         return self._engines[art.file]
 
     def _text_artifact(self, batch: int) -> Artifact:
@@ -191,7 +194,10 @@ class Pipeline:
         does not know.
         """
         m = self.manifest
-        kind = check_kind(m.sampler.kind)
+        try:
+            kind = check_kind(m.sampler.kind)
+        except ArtifactError as err:
+            raise self._with_full_hint(err) from None
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise InputError(f"batch={batch!r} must be an integer >= 1")
         if duration_s is None:  # the longest bucket built for this batch size

@@ -143,5 +143,8 @@ def test_unknown_sampler_kind_is_refused(build: Path, tmp_path: Path) -> None:
     data["sampler"]["kind"] = "euler"
     (folder / "manifest.json").write_text(json.dumps(data))
     pipe = Pipeline(folder, backend="onnxruntime", device="cpu")
-    with pytest.raises(ArtifactError, match=r"sampler kind 'euler' is not one this runtime runs"):
+    with pytest.raises(
+        ArtifactError, match=r"sampler kind 'euler' is not one this runtime runs"
+    ) as e:
         pipe.generate(["a"], seeds=[0], duration_s=DURATION_S)
+    assert "--preset tiny" in str(e.value) and f"--out {folder}" in str(e.value)  # pasteable
