@@ -157,6 +157,14 @@ def check_output(path: Path, *, forbidden_dir: Path | None = None) -> None:
     check_writable_folder(path.parent, "-o")
 
 
+def check_request_flags(args: argparse.Namespace, *, forbidden_dir: Path | None = None) -> None:
+    """The up-front checks of the `add_request_flags` values, one rule for both generate CLIs:
+    seeds, width and -o (each take's folder and suffix; never inside `forbidden_dir`)."""
+    check_seeds(args.seed, args.num_takes)
+    check_width(args.width)
+    check_output(args.output, forbidden_dir=forbidden_dir)
+
+
 def check_outputs(paths: Sequence[Path], *, forbidden_dir: Path | None = None) -> None:
     """`check_output` for each of `paths` (one per take)."""
     for path in paths:

@@ -26,10 +26,8 @@ from presto_common.cli import (
     add_logging_flags,
     add_request_flags,
     check_device,
-    check_output,
     check_outputs,
-    check_seeds,
-    check_width,
+    check_request_flags,
     run_main,
     setup_logging,
     take_paths,
@@ -189,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> list[Path]:
         # 1. Check the flags, resolve the config and check the whole request before loading weights.
-        check_seeds(args.seed, args.num_takes)
-        check_width(args.width)
+        check_request_flags(args)
         device = torch.device(check_device(args.device))
-        check_output(args.output)  # each take's folder and suffix
         preset = args.preset or DEFAULT_PRESET
         config = read_config(args.checkpoint) if args.checkpoint else get_preset(preset)
         duration_s = config.max_duration_s if args.duration_s is None else args.duration_s

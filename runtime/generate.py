@@ -22,10 +22,8 @@ from presto_common.cli import (
     add_logging_flags,
     add_request_flags,
     check_device,
-    check_output,
     check_outputs,
-    check_seeds,
-    check_width,
+    check_request_flags,
     run_main,
     setup_logging,
     take_paths,
@@ -64,11 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> list[Path]:
         # Check the flags before loading engines; never write into the build folder being read.
-        check_seeds(args.seed, args.num_takes)
-        check_width(args.width)
+        check_request_flags(args, forbidden_dir=args.engines)
         if args.device is not None:
             check_device(args.device)
-        check_output(args.output, forbidden_dir=args.engines)  # each take's folder and suffix
         start = time.perf_counter()
         pipe = Pipeline(
             args.engines,
