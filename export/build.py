@@ -28,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from export.folder import BuiltArtifact, build_folder, check_out
+from export.folder import BuiltArtifact, build_folder
 from presto_common.cli import add_logging_flags, run_main, setup_logging
 from presto_common.errors import ConfigError
 from presto_common.names import PRECISIONS
@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.checkpoint is not None
                 else get_preset(args.preset or DEFAULT_PRESET)
             )
-        out = args.out or Path("artifacts") / config.name
-        check_out(out)
+        out = args.out or Path("artifacts") / config.name  # build_folder checks it first
         built: list[BuiltArtifact] = []
         manifest = build_folder(
             out,

@@ -173,15 +173,19 @@ def check_outputs(paths: Sequence[Path], *, forbidden_dir: Path | None = None) -
 
 def check_json_output(path: Path) -> None:
     """Like `check_output` for a JSON result file (--json): not a folder, in a writable folder."""
-    try:
-        is_dir = path.is_dir()
-    except (OSError, ValueError) as err:  # a name too long, a NUL byte
-        raise OutputError(
-            f"--json {path!s:.80}: not a usable path ({err}); choose another"
-        ) from None
-    if is_dir:
+    if _is_dir(path, "--json", "path"):
         raise OutputError(f"--json {path} is a folder; give a file name such as {path / 'r.json'}")
     check_writable_folder(path.parent, "--json")
+
+
+def _is_dir(path: Path, flag: str, what: str) -> bool:
+    """path.is_dir(); a name the OS cannot take (too long, a NUL byte) is an OutputError."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError) as err:
+        raise OutputError(
+            f"{flag} {path!s:.80}: not a usable {what} ({err}); choose another"
+        ) from None
 
 
 def check_writable_folder(folder: Path, flag: str) -> None:
@@ -190,13 +194,7 @@ def check_writable_folder(folder: Path, flag: str) -> None:
     Probed by creating and removing a temporary file, which is what the write will do (permission
     bits alone miss root, ACLs and read-only mounts).
     """
-    try:
-        exists = folder.is_dir()
-    except (OSError, ValueError) as err:  # a name too long, a NUL byte
-        raise OutputError(
-            f"{flag} {folder!s:.80}: not a usable folder ({err}); choose another"
-        ) from None
-    if not exists:
+    if not _is_dir(folder, flag, "folder"):
         raise OutputError(f"{flag}: output folder {folder} does not exist; create it first")
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".presto-write-check-"):

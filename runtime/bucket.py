@@ -152,11 +152,7 @@ class Bucket:
         self, text: Tensor, text_mask: Tensor, bpm: Tensor, noise: Sequence[Tensor]
     ) -> Tensor:
         """The sampling loop alone: latents (B, C_lat, T_lat) float32 from `noise(seeds)`."""
-        if len(noise) != self.num_draws:
-            raise ShapeError(
-                f"got {len(noise)} noise tensors; this {self.sampler_kind} bucket takes "
-                f"{self.num_draws}: pass bucket.noise(seeds)"
-            )
+        self._check_noise(noise)
         with self._lock:
             return self._sample(text, text_mask, bpm, noise)
 
@@ -185,11 +181,7 @@ class Bucket:
         With the pipeline's cuda_graph on CUDA the chain is captured in a CUDA graph on the first
         call and replayed after, with the inputs copied into its static buffers; else uncaptured.
         """
-        if len(noise) != self.num_draws:
-            raise ShapeError(
-                f"got {len(noise)} noise tensors; this {self.sampler_kind} bucket takes "
-                f"{self.num_draws}: pass bucket.noise(seeds)"
-            )
+        self._check_noise(noise)
         inputs = (text, text_mask, bpm, width, *noise)
         with self._lock:
             if not self.cuda_graph:
@@ -211,6 +203,13 @@ class Bucket:
         return had
 
     # --- the chain, as captured ---
+
+    def _check_noise(self, noise: Sequence[Tensor]) -> None:
+        if len(noise) != self.num_draws:
+            raise ShapeError(
+                f"got {len(noise)} noise tensors; this {self.sampler_kind} bucket takes "
+                f"{self.num_draws}: pass bucket.noise(seeds)"
+            )
 
     def _chain(
         self, text: Tensor, text_mask: Tensor, bpm: Tensor, width: Tensor, *noise: Tensor
