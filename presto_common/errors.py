@@ -47,3 +47,8 @@ class EngineBuildError(PrestoError):
 
 class OutputError(PrestoError):
     """An output file or folder that cannot be written where the user asked."""
+
+
+class ServerError(PrestoError):
+    """A served request the server refused or failed (its message is the server's one line), or a
+    server that cannot be reached or started."""
