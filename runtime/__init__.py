@@ -26,6 +26,7 @@ from runtime.manifest import (
     sha256_file,
 )
 from runtime.pipeline import Audio, Pipeline
+from runtime.remote import Client
 
 __all__ = [
     "MANIFEST_FILE",
@@ -33,6 +34,7 @@ __all__ = [
     "Artifact",
     "Audio",
     "Bucket",
+    "Client",
     "Engine",
     "Manifest",
     "Pipeline",
