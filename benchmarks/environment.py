@@ -76,16 +76,26 @@ def onnxruntime_version() -> str | None:
     return onnxruntime.__version__
 
 
-def environment(device: torch.device, engines: Path) -> dict[str, Any]:
-    """Device name, driver, library versions, git commit (and whether tracked files differ from it)
-    and the build's manifest sha256."""
-    cuda = device.type == "cuda"
-    trt_module, trt = tensorrt_version()
+def host_environment() -> dict[str, Any]:
+    """Python, platform, CPU, and the git commit (and whether tracked files differ from it)."""
     here = Path(__file__).resolve().parent
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "git_commit": _run(["git", "rev-parse", "HEAD"], cwd=here),
+        # Tracked files differing from that commit: the code that ran is not the commit alone.
+        "git_dirty": git_dirty(here),
+    }
+
+
+def environment(device: torch.device, engines: Path) -> dict[str, Any]:
+    """host_environment, plus device name, driver and library versions and the build's manifest
+    sha256."""
+    cuda = device.type == "cuda"
+    trt_module, trt = tensorrt_version()
+    return {
+        **host_environment(),
         "gpu": torch.cuda.get_device_name(device) if cuda else None,
         "gpu_driver": gpu_driver_version(),
         "cuda": torch.version.cuda,
@@ -93,8 +103,5 @@ def environment(device: torch.device, engines: Path) -> dict[str, Any]:
         "tensorrt": trt,
         "tensorrt_module": trt_module,
         "onnxruntime": onnxruntime_version(),
-        "git_commit": _run(["git", "rev-parse", "HEAD"], cwd=here),
-        # Tracked files differing from that commit: the code that ran is not the commit alone.
-        "git_dirty": git_dirty(here),
         "manifest_sha256": sha256_file(engines / MANIFEST_FILE),
     }

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -63,7 +62,7 @@ from benchmarks.costs import STAGES
 from benchmarks.environment import environment
 from benchmarks.harness import run_benchmark
 from benchmarks.prepare import build_for
-from benchmarks.report import format_report
+from benchmarks.report import format_report, write_json
 from presto_common.cli import add_logging_flags, check_device, check_json_output, setup_logging
 from presto_common.errors import PrestoError
 
@@ -118,13 +117,6 @@ def parse_list(p: argparse.ArgumentParser, flag: str, text: str | None, kind: ty
     if not values or any(v <= 0 for v in values):
         p.error(f"{flag} {text}: expected a comma-separated list of positive {kind.__name__}s")
     return values
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Replace `path` with `doc` atomically: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,15 @@ class Timer:
         return (time.perf_counter() - t0) * 1e3
 
 
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-th quantile (0 < q <= 1) of a sorted list by nearest rank: a value that occurred.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 0.5), percentile([1.0, 2.0, 3.0, 4.0], 0.99)
+    (2.0, 4.0)
+    """
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
+
+
 def summarize(times_ms: list[float]) -> dict[str, float]:
     """median, p90 (nearest rank), min and coefficient of variation of a list of times.
 
@@ -69,7 +78,7 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
     cv = statistics.stdev(ordered) / mean if len(ordered) > 1 and mean > 0 else 0.0
     return {
         "median_ms": statistics.median(ordered),
-        "p90_ms": ordered[min(len(ordered) - 1, math.ceil(0.9 * len(ordered)) - 1)],
+        "p90_ms": percentile(ordered, 0.9),
         "min_ms": ordered[0],
         "cv": cv,
         "runs": len(ordered),

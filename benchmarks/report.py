@@ -1,8 +1,12 @@
-"""The human-readable table of a benchmarks.latency result (the JSON document is the record)."""
+"""The human-readable table of a benchmarks.latency result (the JSON document is the record), and
+the atomic JSON writer of the benchmarks' --json files."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 COLUMNS = (
@@ -114,3 +118,10 @@ def format_report(result: dict[str, Any], stages: Sequence[str]) -> str:
         "times in ms; RTF = audio seconds / median seconds; floor in ms; peak MiB on CUDA only",
     ]
     return "\n".join(lines)
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Replace `path` with `doc` atomically: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
