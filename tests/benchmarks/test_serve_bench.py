@@ -1,0 +1,234 @@
+"""benchmarks.serve without a server: `python -m pytest tests/benchmarks/test_serve_bench.py`.
+
+The GPU memory parsing of Triton's metrics page, the load loop's bookkeeping with a fake client
+that sleeps a few ms and fails every k-th call, and main's exit codes and JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import serve
+from benchmarks.measure import MIB
+from presto_common.errors import ServerError
+from runtime import Client
+
+GIB = 2**30
+TWO_GPUS = f"""\
+# HELP nv_gpu_memory_used_bytes GPU used memory (bytes)
+# TYPE nv_gpu_memory_used_bytes gauge
+nv_gpu_memory_used_bytes{{gpu_uuid="GPU-aaaa"}} {3 * GIB}
+nv_gpu_memory_used_bytes{{gpu_uuid="GPU-bbbb"}} {GIB // 2}
+# HELP nv_gpu_memory_total_bytes GPU total memory (bytes)
+# TYPE nv_gpu_memory_total_bytes gauge
+nv_gpu_memory_total_bytes{{gpu_uuid="GPU-aaaa"}} {140 * GIB}
+nv_gpu_memory_total_bytes{{gpu_uuid="GPU-bbbb"}} {140 * GIB}
+nv_gpu_memory_used_bytes_peak{{gpu_uuid="GPU-aaaa"}} 123
+nv_gpu_utilization{{gpu_uuid="GPU-aaaa"}} 0.5
+nv_inference_count{{model="presto",version="1"}} 42
+"""
+CPU_ONLY = """\
+# HELP nv_inference_count Number of inferences performed
+# TYPE nv_inference_count counter
+nv_inference_count{model="presto",version="1"} 7
+nv_cpu_memory_used_bytes 1.0e+09
+"""
+
+
+# --- GPU memory -----------------------------------------------------------------------------------
+
+
+def test_gpu_memory_sums_used_and_total_over_gpus() -> None:
+    m = serve.gpu_memory(TWO_GPUS)
+    assert m["gpus"] == 2 and m["reason"] is None
+    assert m["used_mib"] == pytest.approx((3 * GIB + GIB // 2) / MIB)
+    assert m["total_mib"] == pytest.approx(2 * 140 * GIB / MIB)
+
+
+def test_gpu_memory_without_gpu_lines_is_null_with_the_reason() -> None:
+    m = serve.gpu_memory(CPU_ONLY)
+    assert m["used_mib"] is None and m["total_mib"] is None and m["gpus"] == 0
+    assert "no nv_gpu_memory_used_bytes lines" in m["reason"]
+
+
+def test_unreachable_metrics_are_null_with_the_address() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = serve.read_gpu_memory(f"127.0.0.1:{port}", timeout_s=5)
+    assert m["used_mib"] is None and f"http://127.0.0.1:{port}/metrics" in m["reason"]
+
+
+# --- the load loop --------------------------------------------------------------------------------
+
+SLEEP_S = 0.004
+SAMPLE_RATE, SAMPLES = 1000, 500  # 0.5 s of audio per answer
+
+
+class FakeClient:
+    """Sleeps SLEEP_S per call and fails every k-th call of this client (1-based); logs seeds."""
+
+    def __init__(self, k: int, seeds: list[int]) -> None:
+        self.k, self.calls, self.seeds, self.closed = k, 0, seeds, False
+
+    def generate(self, prompt, seed, duration_s=None, mono=False):
+        self.calls += 1
+        self.seeds.append(seed)
+        time.sleep(SLEEP_S)
+        if self.calls % self.k == 0:
+            raise ServerError(f"refused call {self.k}n")
+        return np.zeros((1 if mono else 2, SAMPLES), np.float32), SAMPLE_RATE
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_run_load_counts_the_window_and_computes_throughput_from_audio() -> None:
+    k, concurrency, seeds, clients = 4, 3, [], []
+    lock = threading.Lock()
+
+    def make_client() -> FakeClient:
+        with lock:
+            clients.append(FakeClient(k, seeds))
+            return clients[-1]
+
+    r = serve.run_load(make_client, concurrency, duration_s=0.4, warmup_s=0.1)
+    assert len(clients) == concurrency + 1 and all(c.closed for c in clients)  # + the probe
+    assert len(seeds) == len(set(seeds))  # a new seed every request
+    total = sum(c.calls for c in clients)
+    assert r["requests"] + r["warmup_requests"] + 1 == total
+    assert r["warmup_requests"] > 0 and r["requests"] > 20
+    assert r["ok"] + r["errors"] == r["requests"]
+    # Every client fails each k-th of its own consecutive calls: within one per client of 1/k.
+    assert abs(r["errors"] - r["requests"] / k) <= concurrency
+    assert r["error_messages"] == [{"message": f"refused call {k}n", "count": r["errors"]}]
+    assert 0.4 <= r["wall_s"] < 0.4 + 0.5
+    assert r["audio_s_per_request"] == pytest.approx(SAMPLES / SAMPLE_RATE)
+    assert r["throughput_audio_s_per_s"] == pytest.approx(r["ok"] * 0.5 / r["wall_s"])
+    assert r["requests_per_s"] == pytest.approx(r["ok"] / r["wall_s"])
+    lat = r["latency_ms"]
+    assert SLEEP_S * 1e3 <= lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+
+
+def test_summarize_load_percentiles_errors_and_throughput() -> None:
+    # 100 requests at t = 10 + i/100 s, each taking (i + 1) ms; every 10th failed; two warm-ups.
+    records = [(9.0, 9.5, 2.0, None), (9.6, 10.2, 2.0, "x")]
+    for i in range(100):
+        start = 10 + i / 100
+        records.append(
+            (start, start + (i + 1) / 1e3, 2.0 if i % 10 else 0.0, "no" if i % 10 == 0 else None)
+        )
+    r = serve.summarize_load(records, window_start=10.0, duration_s=1.0, concurrency=1, warmup_s=1)
+    assert (r["requests"], r["ok"], r["errors"], r["warmup_requests"]) == (100, 90, 10, 2)
+    assert r["error_messages"] == [{"message": "no", "count": 10}]
+    ok_ms = sorted(i + 1 for i in range(100) if i % 10)  # 2..10, 12..20, ...: 90 values
+    lat = r["latency_ms"]
+    assert lat["p50"] == pytest.approx(ok_ms[44]) and lat["p90"] == pytest.approx(ok_ms[80])
+    assert lat["p99"] == pytest.approx(ok_ms[89]) and lat["min"] == pytest.approx(2)
+    wall = 0.99 + 0.1  # the last request starts at 10.99 s and takes 100 ms
+    assert r["wall_s"] == pytest.approx(wall)
+    assert r["throughput_audio_s_per_s"] == pytest.approx(90 * 2.0 / wall)
+    assert r["requests_per_s"] == pytest.approx(90 / wall)
+
+
+def test_a_refused_probe_stops_the_load_before_it_starts() -> None:
+    made = []
+
+    def make_client() -> FakeClient:
+        made.append(FakeClient(1, []))  # every call refused
+        return made[-1]
+
+    with pytest.raises(ServerError, match="refused call 1n"):
+        serve.run_load(make_client, 4, duration_s=10, warmup_s=10)
+    assert len(made) == 1
+
+
+def test_a_bug_in_a_worker_is_raised_not_counted() -> None:
+    class Broken(FakeClient):
+        def generate(self, *args, **kwargs):
+            raise KeyError("bug")
+
+    made = []
+
+    def make_client() -> FakeClient:  # the probe passes, the load's clients break
+        made.append(FakeClient(100, []) if not made else Broken(100, []))
+        return made[-1]
+
+    with pytest.raises(KeyError, match="bug"):
+        serve.run_load(make_client, 2, duration_s=5, warmup_s=0)
+    assert len(made) == 3 and all(c.closed for c in made)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def fake_memory(url: str, timeout_s: float = 10.0) -> dict:
+    return serve.gpu_memory(TWO_GPUS)
+
+
+def test_main_writes_the_table_and_json(tmp_path: Path, monkeypatch, capsys) -> None:
+    seen = []
+
+    def answer(self, prompt, seed, duration_s=None, mono=False):
+        seen.append((self.url, prompt, duration_s, mono))
+        time.sleep(SLEEP_S)
+        return np.zeros((1, 800), np.float32), 1000
+
+    monkeypatch.setattr(Client, "generate", answer)
+    monkeypatch.setattr(Client, "metadata", lambda self: {"server": {"version": "2.51"}})
+    monkeypatch.setattr(serve, "read_gpu_memory", fake_memory)
+    out = tmp_path / "r.json"
+    argv = ["--url", "h:8000", "--concurrency", "2", "--duration-s", "0.2", "--warmup-s", "0"]
+    assert serve.main([*argv, "--audio-s", "0.8", "--mono", "--json", str(out), "-q"]) == 0
+    doc = json.loads(out.read_text())
+    stdout = capsys.readouterr().out
+    assert json.loads(stdout.strip().splitlines()[-1]) == doc
+    assert "latency ms" in stdout and "GPU memory MiB  start 3584, end 3584" in stdout
+    assert doc["metrics_url"] == "h:8002" and doc["server"] == {"server": {"version": "2.51"}}
+    assert doc["gpu_memory"]["start"]["used_mib"] == pytest.approx(3584)
+    assert doc["command"][-1] == "-q" and doc["config"]["concurrency"] == 2
+    assert doc["ok"] == doc["requests"] > 0 and doc["throughput_audio_s_per_s"] > 0
+    assert set(seen) == {("h:8000", "warm lofi piano", 0.8, True)}
+
+
+def test_main_exits_1_when_every_request_fails(tmp_path: Path, monkeypatch, capsys) -> None:
+    def refuse(self, *args, **kwargs):
+        raise ServerError("duration_s=99.0 is outside every bucket")
+
+    monkeypatch.setattr(Client, "generate", refuse)
+    monkeypatch.setattr(Client, "metadata", lambda self: {})
+    monkeypatch.setattr(serve, "read_gpu_memory", fake_memory)
+    argv = ["--url", "h:8000", "--concurrency", "2", "--duration-s", "0.1", "--audio-s", "99"]
+    assert serve.main([*argv, "--json", str(tmp_path / "r.json")]) == 1
+    assert "error: duration_s=99.0 is outside every bucket" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "code"),
+    [
+        (["--url", "h", "--concurrency", "1", "--duration-s", "1"], 1),
+        (["--url", "h:1", "--concurrency", "0", "--duration-s", "1"], 2),
+        (["--url", "h:1", "--concurrency", "1", "--duration-s", "0"], 2),
+        (["--url", "h:1", "--concurrency", "1", "--duration-s", "1", "--metrics-url", "m"], 1),
+    ],
+)
+def test_main_refuses_bad_flags_before_any_request(monkeypatch, flags, code) -> None:
+    def never(self, *args, **kwargs):
+        raise AssertionError("no request may be sent")
+
+    monkeypatch.setattr(Client, "generate", never)
+    monkeypatch.setattr(Client, "metadata", never)
+    if code == 2:
+        with pytest.raises(SystemExit) as exit_:
+            serve.main(flags)
+        assert exit_.value.code == 2
+    else:
+        assert serve.main(flags) == 1
