@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from benchmarks.measure import Timer, prepare_profiler, time_fn
 from benchmarks.profile import profile_call
+from benchmarks.report import write_json
 from presto_common.cli import add_logging_flags, run_main, setup_logging
 from presto_common.errors import BackendUnavailable, PrestoError
 
@@ -294,13 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the result here")
     add_logging_flags(p)
     return p
-
-
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write atomically, so a run killed mid-write leaves the previous complete file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
