@@ -162,6 +162,7 @@ def run_load(
             failures.append(err)
             stop.set()
 
+    log.info("load: %d threads, %g s warm-up then %g s measured", concurrency, warmup_s, duration_s)
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
     for thread in threads:
         thread.start()
@@ -238,7 +239,7 @@ def format_table(doc: dict[str, Any]) -> str:
         f"{doc['duration_s']:g} s after {doc['warmup_s']:g} s warm-up "
         f"({doc['warmup_requests']} warm-up requests, not counted)",
         f"{'requests':<16}{doc['requests']} ({doc['ok']} ok, {doc['errors']} errors) in "
-        f"{doc['wall_s']:.2f} s: {doc['requests_per_s']:.2f} requests/s",
+        f"{doc['wall_s']:.2f} s: {doc['requests_per_s']:.2f} ok requests/s",
     ]
     if doc["audio_s_per_request"] is not None:
         lines.append(
