@@ -3,6 +3,7 @@
     from runtime import Pipeline
     pipe = Pipeline("artifacts/presto-ls")                       # backend and device: auto
     audio = pipe.generate(["warm lofi piano"], seeds=[0], bpm=90)  # Audio: (B, 2, T) at 44.1 kHz
+    audio = pipe.generate_takes([Take("warm lofi piano", 0, bpm=90), Take("techno", 1, bpm=128)])
 
     bucket = pipe.bucket(1, duration_s=32)   # one resolved bucket; its stages one by one:
     text, mask = bucket.encode_text(prompts); noise = bucket.noise(seeds)
@@ -25,6 +26,7 @@ from runtime.manifest import (
     TensorInfo,
     sha256_file,
 )
+from runtime.packing import Take
 from runtime.pipeline import Audio, Pipeline
 from runtime.remote import Client
 
@@ -39,6 +41,7 @@ __all__ = [
     "Manifest",
     "Pipeline",
     "SamplerDefaults",
+    "Take",
     "TensorInfo",
     "backend_available",
     "sha256_file",

@@ -10,6 +10,8 @@ For dpmpp-2s a request batch B is served by DiT engines at 2B ([cond; uncond] in
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,6 +101,50 @@ class Catalog:
     def built_frames(self, batch: int) -> list[int]:
         """Latent-frame buckets T_lat this backend and device run at request batch B, ascending."""
         return [f for b, f in self.built_buckets() if b == batch]
+
+    def seconds(self, frames: int) -> float:
+        """A duration in seconds that `frames_of` rounds back to `frames` latent frames."""
+        m = self.manifest
+        return min(frames * m.hop_length / m.sample_rate, m.max_duration_s)
+
+    def frames_of(self, duration_s: float) -> int:
+        """Latent frames T_lat of duration_s seconds (the nearest whole frame); InputError for a
+        duration outside (0, max_duration_s] or under one frame."""
+        m = self.manifest
+        if isinstance(duration_s, bool) or not isinstance(duration_s, numbers.Real):
+            raise InputError(f"duration_s={duration_s!r:.80} must be a number of seconds")
+        if not (math.isfinite(duration_s) and 0 < duration_s <= m.max_duration_s):
+            raise InputError(
+                f"duration_s={duration_s} must be in (0, {m.max_duration_s:g}] s for {m.model_name}"
+            )
+        frames = round(duration_s * m.sample_rate / m.hop_length)
+        if frames < 1:
+            raise InputError(
+                f"duration_s={duration_s} is shorter than one latent frame; ask for more"
+            )
+        return frames
+
+    def frames_for(self, duration_s: float | None) -> int:
+        """`frames_of(duration_s)` (None: the longest built at any batch) if some batch has a
+        bucket at those frames; ShapeError naming the nearest built duration and the fix otherwise.
+        """
+        built = {f for _, f in self.built_buckets()}
+        if duration_s is None:
+            duration_s = self.seconds(max(built)) if built else self.manifest.max_duration_s
+        frames = self.frames_of(duration_s)
+        if frames not in built:
+            fix = rebuild_hint(self.manifest, self.folder, durations_s=(self.seconds(frames),))
+            if not built:
+                raise ShapeError(
+                    f"{self.folder} has no buckets on this backend; rebuild with {fix}"
+                )
+            near = self.seconds(min(built, key=lambda f: abs(f - frames)))
+            raise ShapeError(
+                f"duration_s={duration_s:g} ({frames} frames) has no bucket at any batch in "
+                f"{self.folder}; the nearest built duration is {near:.2f} s: ask for that, or "
+                f"rebuild with {fix}"
+            )
+        return frames
 
     def artifact(
         self, component: str, batch: int, frames: int | None, budget: int | None = None

@@ -7,7 +7,9 @@ examples:
   python -m runtime.generate "ambient pads" --engines artifacts/tiny --mono --no-cuda-graph -o pads.wav
   python -m runtime.generate "string quartet" --engines artifacts/presto-l --cfg 0.6 -o q.wav
 
---cfg (the CFG++ lambda) applies to builds whose manifest samples with dpmpp-2s.
+--cfg (the CFG++ lambda) applies to builds whose manifest samples with dpmpp-2s. --num-takes N runs
+in the batch sizes built at the duration (e.g. 5 takes on batches 1,2 as 2 + 2 + 1); each take is
+the same as when generated alone.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from presto_common.cli import (
     take_paths,
     write_wavs,
 )
-from presto_common.errors import ShapeError
-from runtime.hints import rebuild_hint
 from runtime.pipeline import Pipeline
 
 log = logging.getLogger("runtime.generate")
@@ -79,13 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             pipe.device,
             time.perf_counter() - start,
         )
-        largest = max(pipe.built_batches(), default=0)
-        if args.num_takes > largest:  # before a list of num_takes prompts is built
-            raise ShapeError(
-                f"--num-takes {args.num_takes} exceeds the largest batch built in {args.engines} "
-                f"({largest}); ask for at most {largest} takes, or rebuild with "
-                + rebuild_hint(pipe.manifest, args.engines, batch_sizes=(args.num_takes,))
-            )
+        pipe.frames_for(args.duration_s)  # a duration no batch was built for: refuse before -o
         paths = take_paths(args.output, args.num_takes)
         check_outputs(paths, forbidden_dir=args.engines)  # no take's name is a folder
         seeds = list(range(args.seed, args.seed + args.num_takes))

@@ -3,6 +3,8 @@
     pipe = Pipeline("artifacts/presto-ls", backend="torch", device="cuda")
     audio = pipe.generate(["warm lofi piano"], seeds=[0], bpm=90, duration_s=32)
     audio.samples.shape, audio.sample_rate      # (1, 2, 1411200), 44100
+    takes = [Take("warm lofi piano", 0, bpm=90), Take("driving techno", 1, bpm=128, width=1.5)]
+    audio = pipe.generate_takes(takes, duration_s=32)   # per-take prompt, seed, BPM and width
 
 The chain per request: text encoder (cached per prompt) -> the sampler the manifest names, calling
 the DiT engine of each noise level's budget (ping-pong: x = sigma_0 z_0; x0 = D(x; sigma_i);
@@ -13,6 +15,11 @@ encoder is captured once in a CUDA graph and replayed, with the request's noise,
 and width copied into the graph's input buffers first. Calls are serialised by a lock, so threads
 may share one pipeline.
 
+A request of N takes runs in the batch buckets built at its duration, as `runtime.packing.plan`
+chunks them (fewest rows, then fewest calls; a short last chunk is padded with copies of its last
+take, which are dropped); a take is the same in any chunk as alone. `check_take` and `frames_for`
+validate a take and a duration before any work; `warm_up` runs every built bucket once.
+
 For dpmpp-2s the DiT runs the conditional and unconditional passes of a batch-B request in one call
 when the build has DiT engines at batch 2B for the bucket, else in two calls at batch B; the VAE
 decoder and the mono-to-stereo model always run at B.
@@ -21,8 +28,9 @@ decoder and the mono-to-stereo model always run at B.
 from __future__ import annotations
 
 import logging
-import math
+import numbers
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +40,19 @@ import torch
 from torch import Tensor
 
 from presto_common.cli import write_wavs
-from presto_common.errors import ArtifactError, BackendUnavailable, InputError, NumericalError
+from presto_common.errors import (
+    ArtifactError,
+    BackendUnavailable,
+    InputError,
+    NumericalError,
+)
 from presto_common.tokenizer import encode_bytes
 from runtime.bucket import Bucket
 from runtime.catalog import Catalog
 from runtime.engines import Engine, open_engine
 from runtime.hints import rebuild_hint
 from runtime.manifest import Artifact, Manifest
+from runtime.packing import Take, check_take, pack, plan
 from runtime.sampling import check_kind, evaluations, num_draws
 from runtime.schedule import schedule
 
@@ -79,7 +93,13 @@ class Pipeline:
         backend: str = "auto",
         device: str | None = None,
         cuda_graph: bool = True,
+        text_cache_size: int = 1024,
     ) -> None:
+        """text_cache_size: prompts whose text-encoder output is kept (least recently used out)."""
+        if isinstance(text_cache_size, bool) or not isinstance(text_cache_size, int):
+            raise InputError(f"text_cache_size={text_cache_size!r} must be an integer >= 0")
+        if text_cache_size < 0:
+            raise InputError(f"text_cache_size={text_cache_size} must be >= 0 (0: no cache)")
         self.folder = Path(folder)
         self.manifest = Manifest.load(self.folder)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -91,7 +111,8 @@ class Pipeline:
         self.backend = self.catalog.backend
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self._engines: dict[str, Engine] = {}
-        self._text_cache: dict[str, tuple[Tensor, Tensor]] = {}
+        self._text_cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()  # LRU
+        self.text_cache_size = text_cache_size
         self._buckets: dict[tuple, Bucket] = {}
         self._lock = threading.RLock()  # shared with the buckets: one call at a time
 
@@ -152,7 +173,8 @@ class Pipeline:
     # --- stages ---
 
     def encode_text(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """T5 tokens (B, S, D) and mask (B, S) on the device, cached per prompt (batch-1 engine)."""
+        """T5 tokens (B, S, D) and mask (B, S) on the device, cached per prompt (batch-1 engine;
+        the `text_cache_size` prompts used last)."""
         ids, mask = encode_bytes(list(prompts), self.manifest.max_tokens)
         art = self._text_artifact(len(prompts))
         if art.batch != 1:  # no batch-1 encoder: encode the whole batch at once, uncached
@@ -164,16 +186,16 @@ class Pipeline:
         rows = []
         with self._lock:
             for i, prompt in enumerate(prompts):
-                if prompt not in self._text_cache:
-                    (tok,) = engine(
-                        torch.from_numpy(ids[i : i + 1]).to(self.device),
-                        torch.from_numpy(mask[i : i + 1]).to(self.device),
-                    )
-                    self._text_cache[prompt] = (
-                        tok,
-                        torch.from_numpy(mask[i : i + 1]).to(self.device),
-                    )
-                rows.append(self._text_cache[prompt])
+                row = self._text_cache.get(prompt)
+                if row is None:
+                    row_mask = torch.from_numpy(mask[i : i + 1]).to(self.device)
+                    (tok,) = engine(torch.from_numpy(ids[i : i + 1]).to(self.device), row_mask)
+                    row = (tok.clone(), row_mask)  # an engine may reuse its output buffer
+                    self._text_cache[prompt] = row
+                self._text_cache.move_to_end(prompt)
+                while len(self._text_cache) > self.text_cache_size:
+                    self._text_cache.popitem(last=False)
+                rows.append(row)
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
     def bucket(
@@ -202,16 +224,8 @@ class Pipeline:
             raise InputError(f"batch={batch!r} must be an integer >= 1")
         if duration_s is None:  # the longest bucket built for this batch size
             built = self.built_frames(batch)
-            duration_s = max(built, default=0) * m.hop_length / m.sample_rate or m.max_duration_s
-        if not (math.isfinite(duration_s) and 0 < duration_s <= m.max_duration_s):
-            raise InputError(
-                f"duration_s={duration_s} must be in (0, {m.max_duration_s:g}] s for {m.model_name}"
-            )
-        frames = round(duration_s * m.sample_rate / m.hop_length)
-        if frames < 1:
-            raise InputError(
-                f"duration_s={duration_s} is shorter than one latent frame; ask for more"
-            )
+            duration_s = self.catalog.seconds(max(built)) if built else m.max_duration_s
+        frames = self.catalog.frames_of(duration_s)
         if kind == "ping-pong":
             if cfg_scale is not None:
                 raise InputError(
@@ -280,7 +294,64 @@ class Pipeline:
             lock=self._lock,
         )
 
-    # --- generation ---
+    # --- requests: checks, packing, generation ---
+
+    def check_take(self, take: Take) -> Take:
+        """`take` with float bpm and width if it fits this build (prompt within max_tokens, seed in
+        [0, 2**63 - 1], bpm in the manifest's bpm_range, width in WIDTH_RANGE); InputError with
+        the CLI's one-line message otherwise. Loads nothing."""
+        return check_take(
+            take, max_tokens=self.manifest.max_tokens, bpm_range=self.manifest.bpm_range
+        )
+
+    def frames_for(self, duration_s: float | None) -> int:
+        """Latent frames T_lat of duration_s seconds (None: the longest built at any batch).
+
+        InputError for a duration outside (0, max_duration_s]; ShapeError naming the nearest built
+        duration and the rebuild command when no batch has a bucket at those frames.
+        """
+        return self.catalog.frames_for(duration_s)
+
+    def generate_takes(
+        self,
+        takes: Sequence[Take],
+        *,
+        duration_s: float | None = None,
+        num_steps: int | None = None,
+        rho: float | None = None,
+        stereo: bool = True,
+        cfg_scale: float | None = None,
+    ) -> Audio:
+        """Generate N takes of one duration: samples (N, C, T), take n from takes[n].
+
+        The takes run in the batch buckets built at that duration, chunked by
+        `runtime.packing.plan`; each equals the take generated alone. duration_s=None takes the
+        longest built at any batch; num_steps, rho and cfg_scale (CFG++ lambda in [0, 1],
+        dpmpp-2s only) None take the manifest's. Thread-safe (calls are serialised).
+        """
+        # 1. Validate every take and the duration before any work.
+        if isinstance(takes, (str, Take)) or not takes:
+            raise InputError(f"takes={takes!r:.80}; expected a non-empty sequence of runtime.Take")
+        if all(isinstance(t, Take) for t in takes):  # each prompt error names its index
+            encode_bytes([t.prompt for t in takes], self.manifest.max_tokens)
+        takes = [self.check_take(t) for t in takes]
+        frames = self.frames_for(duration_s)
+        duration_s = self.catalog.seconds(frames)
+        batches = [b for b, f in self.built_buckets() if f == frames]
+        with self._lock:
+            # 2. Resolve every bucket of the plan (loading its engines) before running any.
+            chunks = pack(takes, plan(len(takes), batches))
+            buckets = {
+                len(chunk): self.bucket(len(chunk), duration_s, num_steps, rho, stereo, cfg_scale)
+                for chunk, _ in chunks
+            }
+            # 3. Run each chunk and keep its real rows.
+            samples = [self._run(buckets[len(chunk)], chunk)[:real] for chunk, real in chunks]
+        return Audio(
+            samples=np.concatenate(samples),
+            sample_rate=self.manifest.sample_rate,
+            seeds=tuple(t.seed for t in takes),
+        )
 
     def generate(
         self,
@@ -295,39 +366,58 @@ class Pipeline:
         width: float = 1.0,
         cfg_scale: float | None = None,
     ) -> Audio:
-        """Generate one take per prompt, take b from seeds[b]. Thread-safe (calls are serialised).
-
-        duration_s=None takes the longest duration bucket the build has for this batch size;
-        cfg_scale (the CFG++ lambda in [0, 1]) applies to dpmpp-2s builds only.
-        """
-        m = self.manifest
-        # 1. Validate the request before any work.
+        """Generate one take per prompt, take b from seeds[b], all at one bpm and width: see
+        `generate_takes`."""
         if isinstance(prompts, str) or len(prompts) != len(seeds) or not prompts:
             raise InputError(
                 f"got {len(prompts)} prompts and {len(seeds)} seeds; give one seed per prompt"
             )
-        lo, hi = m.bpm_range
-        if not (math.isfinite(bpm) and lo <= bpm <= hi):
-            raise InputError(f"bpm={bpm} is outside [{lo:g}, {hi:g}]; pass a BPM in that range")
-        if not math.isfinite(width):
-            raise InputError(f"width={width} must be a finite number (1.0 is the model's width)")
-        B = len(prompts)
+        integer = (numbers.Integral,)  # numpy integers too, never a bool: check_take refuses it
+        seeds = [int(s) if isinstance(s, integer) and not isinstance(s, bool) else s for s in seeds]
+        return self.generate_takes(
+            [Take(p, s, bpm, width) for p, s in zip(prompts, seeds, strict=True)],
+            duration_s=duration_s,
+            num_steps=num_steps,
+            rho=rho,
+            stereo=stereo,
+            cfg_scale=cfg_scale,
+        )
+
+    def warm_up(self, stereo: bool | Sequence[bool] = (True, False)) -> int:
+        """Run every built (B, T_lat) bucket once per stereo flag, at the manifest's schedule, so
+        that on CUDA each bucket's graph is captured before a server reports ready; returns how
+        many buckets ran. Other schedules (num_steps, rho, cfg_scale) capture on first use."""
+        flags = (stereo,) if isinstance(stereo, bool) else tuple(stereo)
+        runs = 0
         with self._lock:
-            # 2. Resolve the bucket and load its engines; 3. text, noise and the per-take scalars.
-            bucket = self.bucket(B, duration_s, num_steps, rho, stereo, cfg_scale)
-            text, mask = bucket.encode_text(prompts)
-            noise = bucket.noise(seeds)
-            bpm_t = torch.full((B,), float(bpm), device=self.device)
-            width_t = torch.full((B,), float(width), device=self.device)
-            # 4. The chain after the text encoder (a CUDA-graph replay on CUDA).
-            latents, audio = bucket.run(text, mask, bpm_t, width_t, noise)
-            for name, t in (("latents", latents), ("audio", audio)):
-                if not torch.isfinite(t).all():
-                    fix = rebuild_hint(m, self.folder, precision="fp32")
-                    raise NumericalError(
-                        f"the {name} of this request hold NaN or Inf (backend {self.backend}, "
-                        f"{self.device}, {m.artifacts[0].precision}); check the build's precision "
-                        f"or rebuild it in fp32 with {fix}"
-                    )
-            samples = audio.float().cpu().numpy()
-        return Audio(samples=samples, sample_rate=m.sample_rate, seeds=tuple(int(s) for s in seeds))
+            for batch, frames in self.built_buckets():
+                duration_s = self.catalog.seconds(frames)
+                for flag in flags:
+                    bucket = self.bucket(batch, duration_s, stereo=bool(flag))
+                    self._run(bucket, (_WARM_UP,) * batch)
+                    runs += 1
+        log.info("warmed up %d buckets", runs)
+        return runs
+
+    def _run(self, bucket: Bucket, takes: Sequence[Take]) -> np.ndarray:
+        """The chain of one bucket on len(takes) == B checked takes: audio (B, C, T) float32."""
+        text, mask = bucket.encode_text([t.prompt for t in takes])
+        noise = bucket.noise([t.seed for t in takes])
+        bpm_t = torch.tensor([t.bpm for t in takes], dtype=torch.float32, device=self.device)
+        width_t = torch.tensor([t.width for t in takes], dtype=torch.float32, device=self.device)
+        # The chain after the text encoder (a CUDA-graph replay on CUDA).
+        latents, audio = bucket.run(text, mask, bpm_t, width_t, noise)
+        for name, t in (("latents", latents), ("audio", audio)):
+            if not torch.isfinite(t).all():
+                m = self.manifest
+                fix = rebuild_hint(m, self.folder, precision="fp32")
+                raise NumericalError(
+                    f"the {name} of this request hold NaN or Inf (backend {self.backend}, "
+                    f"{self.device}, {m.artifacts[0].precision}); check the build's precision "
+                    f"or rebuild it in fp32 with {fix}"
+                )
+        # A copy: uncaptured engines may return buffers that the next chunk overwrites.
+        return audio.to("cpu", torch.float32, copy=True).numpy()
+
+
+_WARM_UP = Take("warm up", 0)  # the prompt and seed every bucket is warmed up with

@@ -41,8 +41,8 @@ def test_a_pasted_hint_builds_the_missing_bucket_into_the_same_folder(
     batch1: Path, tmp_path: Path
 ) -> None:
     folder = shutil.copytree(batch1, tmp_path / "b1")
-    with pytest.raises(ShapeError) as info:
-        Pipeline(folder, device="cpu").generate(["a", "b"], seeds=[0, 1], duration_s=1.0)
+    with pytest.raises(ShapeError) as info:  # generate would run batch 2 as two batch-1 calls
+        Pipeline(folder, device="cpu").bucket(2, duration_s=1.0)
     (line,) = str(info.value).splitlines()
     argv = pasted(line)
     assert argv[argv.index("--out") + 1] == str(folder)
