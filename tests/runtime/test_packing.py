@@ -7,6 +7,7 @@ Uses the tiny build of tests/runtime/conftest.py (ONNX Runtime on CPU, batches 1
 
 from __future__ import annotations
 
+import doctest
 import itertools
 import json
 import math
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from presto_common.errors import InputError, ShapeError
-from runtime import Pipeline, Take
+from runtime import Pipeline, Take, packing
 from runtime.generate import main as generate_main
 from runtime.packing import pack, plan
 
@@ -76,6 +77,10 @@ def test_plan_examples_and_large_n() -> None:
 def test_plan_refuses(n, batches, error, message) -> None:
     with pytest.raises(error, match=message):
         plan(n, batches)
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(packing).failed == 0
 
 
 def test_pack_pads_with_the_last_real_take() -> None:
