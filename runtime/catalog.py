@@ -103,17 +103,21 @@ class Catalog:
         return [f for b, f in self.built_buckets() if b == batch]
 
     def seconds(self, frames: int) -> float:
-        """A duration in seconds that `frames_of` rounds back to `frames` latent frames."""
-        m = self.manifest
-        return min(frames * m.hop_length / m.sample_rate, m.max_duration_s)
+        """The duration of `frames` latent frames, s (`frames_of` rounds it back to `frames`)."""
+        return frames * self.manifest.hop_length / self.manifest.sample_rate
 
     def frames_of(self, duration_s: float) -> int:
         """Latent frames T_lat of duration_s seconds (the nearest whole frame); InputError for a
-        duration outside (0, max_duration_s] or under one frame."""
+        duration outside (0, max_duration_s] or under one frame.
+
+        The longest frame count's own duration passes too: max_duration_s may round up to it
+        (5 s is 229.7 frames: 230, 5.007 s), and a caller may ask for `seconds(frames)`.
+        """
         m = self.manifest
         if isinstance(duration_s, bool) or not isinstance(duration_s, numbers.Real):
             raise InputError(f"duration_s={duration_s!r:.80} must be a number of seconds")
-        if not (math.isfinite(duration_s) and 0 < duration_s <= m.max_duration_s):
+        longest = max(m.max_duration_s, self.seconds(round(m.max_duration_s / self.seconds(1))))
+        if not (math.isfinite(duration_s) and 0 < duration_s <= longest):
             raise InputError(
                 f"duration_s={duration_s} must be in (0, {m.max_duration_s:g}] s for {m.model_name}"
             )
