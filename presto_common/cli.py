@@ -100,6 +100,17 @@ def check_width(width: float) -> float:
     return float(width)
 
 
+def host_available_bytes() -> int | None:
+    """Host memory free for a new allocation, bytes: MemAvailable (Linux); None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def check_device(name: str) -> str:
     """`name` if it is cpu, cuda or cuda:N, and that CUDA device exists; InputError otherwise."""
     if not _DEVICE_RE.fullmatch(name):

@@ -28,6 +28,7 @@ from presto_common.cli import (
     check_device,
     check_outputs,
     check_request_flags,
+    host_available_bytes,
     run_main,
     setup_logging,
     take_paths,
@@ -95,13 +96,7 @@ def available_bytes(device: torch.device) -> int | None:
     """Free memory on `device`: MemAvailable on a CPU (Linux), free CUDA memory; None if unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return host_available_bytes()
 
 
 def check_memory(

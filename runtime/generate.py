@@ -9,7 +9,7 @@ examples:
 
 --cfg (the CFG++ lambda) applies to builds whose manifest samples with dpmpp-2s. --num-takes N runs
 in the batch sizes built at the duration (e.g. 5 takes on batches 1,2 as 2 + 2 + 1); each take is
-the same as when generated alone.
+the same as when generated alone. N is refused up front when its audio would not fit in memory.
 """
 
 from __future__ import annotations
@@ -26,14 +26,38 @@ from presto_common.cli import (
     check_device,
     check_outputs,
     check_request_flags,
+    host_available_bytes,
     run_main,
     setup_logging,
     take_paths,
     write_wavs,
 )
+from presto_common.errors import InputError
 from runtime.pipeline import Pipeline
 
 log = logging.getLogger("runtime.generate")
+
+# Full-size float32 copies of the takes' audio held at once: the result, and the one write_wavs
+# makes (peak-normalised, or |x| to count clipped samples).
+AUDIO_COPIES = 2
+
+
+def check_host_memory(num_takes: int, channels: int, num_samples: int, sample_rate: int) -> None:
+    """InputError when num_takes takes of (channels, num_samples) float32 audio would not fit in
+    the host's free memory (the engines run a bucket at a time; the audio of all takes is kept)."""
+    free = host_available_bytes()
+    if free is None:
+        log.warning("free host memory unknown; --num-takes %d is not checked", num_takes)
+        return
+    per_take = AUDIO_COPIES * channels * num_samples * 4
+    if num_takes * per_take > free:
+        fits = free // per_take
+        fix = f"ask for at most --num-takes {fits}" if fits else "ask for a shorter --duration-s"
+        raise InputError(
+            f"--num-takes {num_takes} needs about {num_takes * per_take / 2**30:.1f} GiB of host "
+            f"memory for its audio ({per_take / 2**20:.1f} MiB per take of "
+            f"{num_samples / sample_rate:.2f} s), but {free / 2**30:.1f} GiB is free; {fix}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             pipe.device,
             time.perf_counter() - start,
         )
-        pipe.frames_for(args.duration_s)  # a duration no batch was built for: refuse before -o
+        # A duration no batch was built for, or more takes than memory holds: refuse before -o.
+        frames = pipe.frames_for(args.duration_s)
+        channels = 1 if args.mono else 2
+        num_samples = frames * pipe.manifest.hop_length
+        check_host_memory(args.num_takes, channels, num_samples, pipe.manifest.sample_rate)
         paths = take_paths(args.output, args.num_takes)
         check_outputs(paths, forbidden_dir=args.engines)  # no take's name is a folder
         seeds = list(range(args.seed, args.seed + args.num_takes))

@@ -345,10 +345,15 @@ class Pipeline:
                 len(chunk): self.bucket(len(chunk), duration_s, num_steps, rho, stereo, cfg_scale)
                 for chunk, _ in chunks
             }
-            # 3. Run each chunk and keep its real rows.
-            samples = [self._run(buckets[len(chunk)], chunk)[:real] for chunk, real in chunks]
+            # 3. Run each chunk and keep its real rows (one array: no second copy of the audio).
+            num_samples = frames * self.manifest.hop_length
+            samples = np.empty((len(takes), 2 if stereo else 1, num_samples), dtype=np.float32)
+            start = 0
+            for chunk, real in chunks:
+                samples[start : start + real] = self._run(buckets[len(chunk)], chunk)[:real]
+                start += real
         return Audio(
-            samples=np.concatenate(samples),
+            samples=samples,
             sample_rate=self.manifest.sample_rate,
             seeds=tuple(t.seed for t in takes),
         )
@@ -400,7 +405,8 @@ class Pipeline:
         return runs
 
     def _run(self, bucket: Bucket, takes: Sequence[Take]) -> np.ndarray:
-        """The chain of one bucket on len(takes) == B checked takes: audio (B, C, T) float32."""
+        """The chain of one bucket on len(takes) == B checked takes: audio (B, C, T) float32 on
+        the host, possibly a view of an engine's buffer that the next call overwrites."""
         text, mask = bucket.encode_text([t.prompt for t in takes])
         noise = bucket.noise([t.seed for t in takes])
         bpm_t = torch.tensor([t.bpm for t in takes], dtype=torch.float32, device=self.device)
@@ -416,8 +422,7 @@ class Pipeline:
                     f"{self.device}, {m.artifacts[0].precision}); check the build's precision "
                     f"or rebuild it in fp32 with {fix}"
                 )
-        # A copy: uncaptured engines may return buffers that the next chunk overwrites.
-        return audio.to("cpu", torch.float32, copy=True).numpy()
+        return audio.to("cpu", torch.float32).numpy()
 
 
 _WARM_UP = Take("warm up", 0)  # the prompt and seed every bucket is warmed up with

@@ -11,6 +11,7 @@ import doctest
 import itertools
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 
 from presto_common.errors import InputError, ShapeError
 from runtime import Pipeline, Take, packing
+from runtime import generate as runtime_generate
 from runtime.generate import main as generate_main
 from runtime.packing import pack, plan
 
@@ -237,3 +239,29 @@ def test_cli_num_takes_past_the_largest_batch(build: Path, tmp_path: Path) -> No
     assert sr == 44_100 and data.shape == (46 * 960, 2)
     pipe = Pipeline(build, backend="onnxruntime", device="cpu")
     np.testing.assert_allclose(data.T[None], alone(pipe, Take("x", 7)), atol=ATOL)
+
+
+def test_cli_refuses_takes_past_host_memory(build: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "take.wav"
+    args = ["x", "--engines", str(build), "-o", str(out), "--duration-s", "1"]
+    assert generate_main([*args, "--num-takes", str(10**12), "-q"]) == 1
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert re.search(
+        r"--num-takes 1000000000000 needs about .* GiB of host memory for its audio "
+        r"\(0.7 MiB per take of 1.00 s\), but .* GiB is free; ask for at most --num-takes \d+",
+        error,
+    ), error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_host_memory_check(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(runtime_generate, "host_available_bytes", lambda: 10 * 2**20)
+    runtime_generate.check_host_memory(7, 2, 44_160, 44_100)  # 7 x 0.67 MiB fits in 10 MiB
+    with pytest.raises(InputError, match="ask for at most --num-takes 14$"):
+        runtime_generate.check_host_memory(15, 2, 44_160, 44_100)
+    monkeypatch.setattr(runtime_generate, "host_available_bytes", lambda: 2**10)
+    with pytest.raises(InputError, match="ask for a shorter --duration-s$"):
+        runtime_generate.check_host_memory(1, 2, 44_160, 44_100)
+    monkeypatch.setattr(runtime_generate, "host_available_bytes", lambda: None)
+    runtime_generate.check_host_memory(10**12, 2, 44_160, 44_100)
+    assert "free host memory unknown" in caplog.text
