@@ -40,12 +40,7 @@ import torch
 from torch import Tensor
 
 from presto_common.cli import write_wavs
-from presto_common.errors import (
-    ArtifactError,
-    BackendUnavailable,
-    InputError,
-    NumericalError,
-)
+from presto_common.errors import ArtifactError, BackendUnavailable, InputError, NumericalError
 from presto_common.tokenizer import encode_bytes
 from runtime.bucket import Bucket
 from runtime.catalog import Catalog
