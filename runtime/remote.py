@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from presto_common.errors import BackendUnavailable, InputError, ServerError
+from runtime.triton_repo import MODEL_NAME  # the one model runtime.serve serves
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "presto"  # the one model runtime.serve serves
 PROTOCOLS = ("http", "grpc")
 INSTALL_HINT = 'pip install -e ".[serve]"'
 # gRPC statuses that mean the server was not reached or did not answer in time, not a refusal.

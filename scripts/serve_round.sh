@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The serving round on a GPU machine: install the carried serving wheels, build the paper-scale bf16
+# torch packages at the batch buckets the server packs into, time batch 1 with benchmarks.latency,
+# then serve the build with runtime.serve on one GPU and on two and load it with benchmarks.serve
+# at each concurrency. Logs and JSON land under $OUT; state that must outlive one 10-minute device
+# call (the site folder, the build, its log) under $WORK, so the steps can be spread over calls.
+#
+# Here, once, to fill .serve-wheels/ (numpy 1.26.4 for cp312, tritonclient and its HTTP stack,
+# soundfile, and the tritonserver files of the nvidia-pytriton wheel for Python 3.12; see README):
+#   see the README's "Serving" section for the download commands
+# There, from the repository root, carrying .serve-wheels:
+#   STEPS="install build" bash scripts/serve_round.sh          # build runs on in the background
+#   STEPS="wait bench load1" bash scripts/serve_round.sh       # next call, while the machine is warm
+#   STEPS="load2" bash scripts/serve_round.sh
+#
+# STEPS: install  numpy 1.26.4 into python3's own environment (the backend stub reads it from
+#                 there), the rest into $WORK/site
+#        build    export.build presto-ls, torch, cuda, bf16, --batch-sizes $BATCHES, in the background
+#        smoke    a tiny torch build served on $SMOKE_GPUS: one good request, one refused, SIGTERM
+#        wait     wait (at most WAIT_S s) for the background build to finish
+#        bench    benchmarks.latency, torch backend, batch 1             -> $OUT/latency.json
+#        load1    runtime.serve --gpus 0, benchmarks.serve at each of $CONCURRENCY -> $OUT/load1-c*.json
+#        load2    the same on --gpus 0,1                                  -> $OUT/load2-c*.json
+# Settings: OUT (default gpu-out), WORK (default /tmp/serve-round), BATCHES (default 1,8),
+# CONCURRENCY (default "1 8 32"), LOAD_S (seconds of load per concurrency, default 60),
+# PROTOCOL (http or grpc, default http), RUNS (bench, default 20), WAIT_S (default 540).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+WORK=${WORK:-/tmp/serve-round}
+STEPS=${STEPS:-install build wait bench load1 load2}
+BATCHES=${BATCHES:-1,8}
+CONCURRENCY=${CONCURRENCY:-1 8 32}
+LOAD_S=${LOAD_S:-60}
+PROTOCOL=${PROTOCOL:-http}
+RUNS=${RUNS:-20}
+WAIT_S=${WAIT_S:-540}
+ENGINES=$WORK/presto-ls-bf16
+SITE=$WORK/site
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -x /usr/bin/g++ ]; then export CXX=/usr/bin/g++; fi  # see scripts/gpu_round.sh
+port=$([ "$PROTOCOL" = grpc ] && echo 8001 || echo 8000)
+
+install() {
+  python3 -m pip install -q --no-index --no-deps --no-compile .serve-wheels/numpy-1.26.4-*.whl &&
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" \
+      $(ls .serve-wheels/*.whl | grep -v numpy-) &&
+    tar xJf .serve-wheels/pytriton-*-server.tar.xz -C "$SITE" &&
+    python3 -c "import numpy, torch, tritonclient.http, soundfile; print('numpy', numpy.__version__, '| torch', torch.__version__, '| GPUs', torch.cuda.device_count())"
+}
+build() {
+  setsid nohup python3 -m export.build --preset presto-ls --backends torch --device cuda \
+    --precision bf16 --batch-sizes "$BATCHES" --out "$ENGINES" > "$WORK/build.log" 2>&1 &
+  echo $! > "$WORK/build.pid"
+  echo "build started in the background (pid $(cat "$WORK/build.pid")), log $WORK/build.log"
+}
+wait_build() {
+  local pid deadline=$((SECONDS + WAIT_S))
+  pid=$(cat "$WORK/build.pid")
+  while kill -0 "$pid" 2> /dev/null; do
+    if [ $SECONDS -gt $deadline ]; then echo "build still running after $WAIT_S s"; return 1; fi
+    sleep 5
+  done
+  tail -n 5 "$WORK/build.log"
+  grep -q "OK" "$WORK/build.log" && [ -f "$ENGINES/manifest.json" ]
+}
+smoke() {
+  local tiny=$WORK/tiny pid status=0
+  python3 -m export.build --preset tiny --backends torch --device cuda --batch-sizes 1,2 \
+    --durations-s 1 --no-verify --out "$tiny" -q || return 1
+  python3 -m runtime.serve --engines "$tiny" --gpus "${SMOKE_GPUS:-0}" > "$OUT/smoke-server.log" 2>&1 &
+  pid=$!
+  python3 -c "from runtime import Client; Client('localhost:8000').wait_ready(300)" || status=1
+  python3 -m runtime.client "warm lofi piano" --url localhost:8000 -o "$WORK/smoke.wav" || status=1
+  python3 -m runtime.client "warm lofi piano" --url localhost:8001 --protocol grpc --bpm 999 \
+    -o "$WORK/refused.wav" && status=1
+  kill -TERM $pid
+  wait $pid || status=1
+  grep -a -E "ready in|warmed up|rror" "$OUT/smoke-server.log" | grep -v -E "NVML|DCGM" | tail -n 8
+  return $status
+}
+bench() {
+  python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
+    --backends torch --runs "$RUNS" --json "$OUT/latency.json"
+}
+load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
+  local name=$1 gpus=$2 pid status=0
+  python3 -m runtime.serve --engines "$ENGINES" --gpus "$gpus" > "$OUT/$name-server.log" 2>&1 &
+  pid=$!
+  python3 -c "from runtime import Client; Client('localhost:8000').wait_ready(600)" || {
+    kill -TERM $pid; wait $pid; return 1
+  }
+  grep -a "ready in" "$OUT/$name-server.log"
+  for c in $CONCURRENCY; do
+    python3 -m benchmarks.serve --url "localhost:$port" --protocol "$PROTOCOL" --concurrency "$c" \
+      --duration-s "$LOAD_S" --metrics-url localhost:8002 --json "$OUT/$name-c$c.json" || status=1
+  done
+  kill -TERM $pid
+  wait $pid || status=1
+  tail -n 3 "$OUT/$name-server.log"
+  return $status
+}
+
+declare -A STATUS=()
+for step in $STEPS; do
+  start=$SECONDS
+  echo "=== $step"
+  case $step in
+    install) install ;;
+    build) build ;;
+    smoke) smoke ;;
+    wait) wait_build ;;
+    bench) bench 2>&1 | tee "$OUT/bench.log" | tail -n 30 ;;
+    load1) load load1 0 ;;
+    load2) load load2 0,1 ;;
+    *) echo "unknown step $step"; false ;;
+  esac
+  STATUS[$step]=$?
+  echo "=== $step: exit ${STATUS[$step]} after $((SECONDS - start)) s"
+done
+cp "$WORK/build.log" "$OUT/" 2> /dev/null
+for step in $STEPS; do echo "$step: exit ${STATUS[$step]}"; done | tee "$OUT/steps.txt"
+if grep -q -v ": exit 0$" "$OUT/steps.txt"; then exit 1; fi
