@@ -5,9 +5,20 @@
 # at each concurrency. Logs and JSON land under $OUT; state that must outlive one 10-minute device
 # call (the site folder, the build, its log) under $WORK, so the steps can be spread over calls.
 #
-# Here, once, to fill .serve-wheels/ (numpy 1.26.4 for cp312, tritonclient and its HTTP stack,
-# soundfile, and the tritonserver files of the nvidia-pytriton wheel for Python 3.12; see README):
-#   see the README's "Serving" section for the download commands
+# Here, once, to fill .serve-wheels/ (git-ignored; about 51 MB, so it travels in one call): numpy
+# 1.26.4 for cp312 (the GPU image has numpy 2, which Triton's backend stub cannot read), tritonclient
+# and its HTTP stack, soundfile, Polygraphy, and the server files of the nvidia-pytriton wheel for
+# Python 3.12 only (its other stubs and bundled libpython 3.13 dropped, xz-compressed: 27 MB):
+#   echo /.serve-wheels/ >> .git/info/exclude; mkdir -p .serve-wheels
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform any -d .serve-wheels numpy==1.26.4 tritonclient==2.73.0 geventhttpclient gevent \
+#     greenlet python-rapidjson brotli zope.event zope.interface soundfile cffi pycparser polygraphy colored
+#   python3 -m pip download --no-deps -d /tmp/ptw nvidia-pytriton==0.7.0 && cd /tmp/ptw &&
+#     unzip -q nvidia_pytriton-*.whl 'pytriton/tritonserver/*' 'nvidia_pytriton.libs/*' &&
+#     rm nvidia_pytriton.libs/libpython3-*.13.so.1.0 &&
+#     rm -r pytriton/tritonserver/python_backend_stubs/{3.8,3.9,3.10,3.11,3.13} &&
+#     tar cJf "$OLDPWD"/.serve-wheels/pytriton-0.7.0-py312-server.tar.xz pytriton nvidia_pytriton.libs
 # There, from the repository root, carrying .serve-wheels:
 #   STEPS="install build" bash scripts/serve_round.sh          # build runs on in the background
 #   STEPS="wait bench load1" bash scripts/serve_round.sh       # next call, while the machine is warm
