@@ -1,0 +1,128 @@
+"""The quantization recipes, run by NVIDIA ModelOpt on the reference DiT for one budget at a time.
+
+    int8  SmoothQuant (Xiao et al. 2023) with migration strength alpha = 0.5: per input channel j,
+          s_j = max|W_:,j|^(1 - alpha) / max|X_j|^alpha, and the layer computes (X s)(W / s)^T;
+          then max calibration, per tensor for the smoothed input, per output channel for the
+          smoothed weight (ModelOpt's INT8_SMOOTHQUANT_CFG).
+    fp8   E4M3, max calibration, per tensor for input and weight (ModelOpt's FP8_DEFAULT_CFG).
+
+ModelOpt inserts fake quantizers into every nn.Linear (`mtq.quantize(model, config, forward_loop)`)
+and calibrates them on the forward loop; this module only reads the resulting ranges back into
+`LayerScales`. Its presets leave out layers by LLM names ("*proj_out.*", "*lm_head*", ...); here every
+Linear of the DiT is calibrated, and `calibration.qdq` chooses which ones to quantize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from calibration.scales import LayerScales
+from calibration.trajectories import DiTCall
+from presto_common.errors import BackendUnavailable, ConfigError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp8", "int8")
+# SmoothQuant's migration strength: 0.5 splits the range of outlier channels evenly between
+# activation and weight (SmoothQuant, section 4.2: the sweet spot for most models).
+SMOOTHQUANT_ALPHA = 0.5
+MODELOPT_PIP = "pip install nvidia-modelopt==0.47.0 requests huggingface_hub"
+
+
+def import_modelopt():
+    """`modelopt.torch.quantization`, or BackendUnavailable with the pip line.
+
+    ModelOpt 0.47.0 imports `requests` and `huggingface_hub` unconditionally but does not declare
+    them without its [hf] extra, so a plain `pip install nvidia-modelopt` fails at import.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Cannot find transformers package" and the like
+            import modelopt.torch.quantization as mtq
+    except ImportError as err:
+        raise BackendUnavailable(
+            f"NVIDIA ModelOpt cannot be imported ({err}); {MODELOPT_PIP}"
+        ) from None
+    return mtq
+
+
+def modelopt_version() -> str:
+    import modelopt
+
+    return str(modelopt.__version__)
+
+
+def modelopt_config(precision: str) -> dict:
+    """ModelOpt's preset for `precision` with only its generic rules (quantize every Linear's input
+    and weight); SmoothQuant's alpha set to SMOOTHQUANT_ALPHA for int8."""
+    mtq = import_modelopt()
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is unknown; choose fp8 or int8")
+    preset = mtq.INT8_SMOOTHQUANT_CFG if precision == "int8" else mtq.FP8_DEFAULT_CFG
+    generic = ("*", "*weight_quantizer", "*input_quantizer")
+    quant_cfg = [
+        copy.deepcopy(rule)
+        for rule in preset["quant_cfg"]
+        if rule.get("quantizer_name") in generic and "parent_class" not in rule
+    ]
+    algorithm = (
+        {"method": "smoothquant", "alpha": SMOOTHQUANT_ALPHA}
+        if precision == "int8"
+        else copy.deepcopy(preset["algorithm"])
+    )
+    return {"quant_cfg": quant_cfg, "algorithm": algorithm}
+
+
+@torch.no_grad()
+def calibrate_budget(
+    denoiser: nn.Module, calls: Sequence[DiTCall], precision: str
+) -> dict[str, LayerScales]:
+    """Calibrate a copy of `denoiser` (presto_ref's EDMPrecond around the DiT) on the records of one
+    budget; returns scales for every Linear that ran, named as in the DiT ("blocks.0.attn.q").
+
+    Linear layers of blocks that the budget drops never run and get no entry.
+    """
+    mtq = import_modelopt()
+    budgets = {c.budget for c in calls}
+    assert len(budgets) == 1, f"calls of one budget expected, got budgets {sorted(budgets)}"
+    model = copy.deepcopy(denoiser).float().eval()
+
+    def forward_loop(m: nn.Module) -> None:
+        for c in calls:
+            m(c.x, c.sigma, text=c.text, text_mask=c.text_mask, bpm=c.bpm, budget=c.budget)
+
+    # ModelOpt prints its progress ("Inserted 93 quantizers") and warns for every Linear of a
+    # dropped block ("... is not calibrated, skip smoothing"), which is expected here.
+    with contextlib.redirect_stdout(io.StringIO()) as out, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*is not calibrated, skip smoothing")
+        warnings.filterwarnings("ignore", r"Cannot find transformers package")
+        mtq.quantize(model, modelopt_config(precision), forward_loop)
+    log.debug("modelopt: %s", out.getvalue().strip().replace("\n", "; "))
+
+    scales: dict[str, LayerScales] = {}
+    for name, module in model.net.named_modules():
+        quantizer = getattr(module, "input_quantizer", None)
+        if quantizer is None or quantizer.amax is None:
+            continue  # not a Linear, or in a dropped block
+        weight_amax = module.weight_quantizer.amax.detach().float()
+        smooth = channel_amax = None
+        if precision == "int8":
+            weight_amax = weight_amax.reshape(-1)  # (N, 1) -> (N,)
+            smooth = quantizer.pre_quant_scale.detach().float()
+            # The per-channel input range ModelOpt measured before smoothing (no public accessor).
+            channel_amax = quantizer._amax_for_smoothing.detach().float()
+        scales[name] = LayerScales(
+            input_amax=quantizer.amax.detach().float().reshape(()),
+            weight_amax=weight_amax.reshape(()) if precision == "fp8" else weight_amax,
+            smooth=smooth,
+            input_channel_amax=channel_amax,
+        )
+    return scales
