@@ -23,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-from calibration.recipes import PRECISIONS, SMOOTHQUANT_ALPHA, calibrate_budget, modelopt_version
+from calibration.recipes import (
+    PRECISIONS,
+    SMOOTHQUANT_ALPHA,
+    calibrate_budget,
+    import_modelopt,
+    modelopt_version,
+)
 from calibration.scales import (
     Calibration,
     check_out_dir,
@@ -88,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    """Flag errors before any model is loaded; each names the value and the fix."""
+def check_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """Flag errors before any model is loaded; each names the value and the fix. Returns the
+    prompts."""
     if args.seeds < 1:
         raise InputError(f"--seeds {args.seeds} must be >= 1 (takes per prompt); e.g. --seeds 2")
     if args.duration_s is not None and not args.duration_s > 0:
@@ -99,9 +106,12 @@ def check_flags(args: argparse.Namespace) -> None:
     check_out_dir(args.out)
     if args.out.is_dir() and any(args.out.iterdir()):
         read_summary(args.out)  # only an earlier calibration may be replaced
+    prompts = read_prompts(args.prompts)
+    import_modelopt()  # fail before the sampler runs
+    return prompts
 
 
-def calibrate(args: argparse.Namespace) -> Path:
+def calibrate(args: argparse.Namespace, prompts: tuple[str, ...]) -> Path:
     """Steps 1-4 of the command; returns the output folder."""
     # 1. The model and the calibration set.
     if args.checkpoint is not None:
@@ -111,7 +121,6 @@ def calibrate(args: argparse.Namespace) -> Path:
         model = random_model(args.preset, seed=args.init_seed).eval()
         source = {"preset": args.preset, "init_seed": args.init_seed}
     config = model.config
-    prompts = read_prompts(args.prompts)
     seeds = tuple(range(args.seeds))
     duration_s = config.max_duration_s if args.duration_s is None else args.duration_s
     # 2. The sampler's own trajectories: every DiT input, tagged with its step's budget.
@@ -168,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args)
 
     def body() -> list[Path]:
-        check_flags(args)
-        out = calibrate(args)
+        out = calibrate(args, check_flags(args))
         doc = read_summary(out)
         print(
             json.dumps(

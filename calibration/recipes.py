@@ -116,9 +116,9 @@ def calibrate_budget(
         smooth = channel_amax = None
         if precision == "int8":
             weight_amax = weight_amax.reshape(-1)  # (N, 1) -> (N,)
-            smooth = quantizer.pre_quant_scale.detach().float()
+            smooth = quantizer.pre_quant_scale.detach().float().reshape(-1)  # (K,)
             # The per-channel input range ModelOpt measured before smoothing (no public accessor).
-            channel_amax = quantizer._amax_for_smoothing.detach().float()
+            channel_amax = quantizer._amax_for_smoothing.detach().float().reshape(-1)  # (K,)
         scales[name] = LayerScales(
             input_amax=quantizer.amax.detach().float().reshape(()),
             weight_amax=weight_amax.reshape(()) if precision == "fp8" else weight_amax,

@@ -1,0 +1,145 @@
+"""calibration.qdq: Q/DQ DiT graphs, their structure, and their parity with the fp32 DiT on ORT.
+
+Run: python -m pytest tests/calibration/test_qdq.py
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from calibration.qdq import export_quantized_dit, fake_quant, fake_quant_onnx
+from calibration.scales import Calibration, load_calibration
+from export.spec import dit_spec, export_model
+from export.verify import compare, reference_output, run_onnx
+from presto_common.errors import ArtifactError
+from presto_ref.dit import blocks_for_budget
+
+LAYERS_PER_BLOCK = 7  # attention q, k, v, o; feed-forward w1, w3, w2
+# Distinct activations those layers read per block: the audio tokens (q), [audio; text] (k and v),
+# the attention output (o), the normed hidden state (w1 and w3), the gated product (w2).
+INPUTS_PER_BLOCK = 5
+
+# Cosine of x0 against the fp32 DiT, worst DiT call of the held-out trajectories per budget (tiny
+# preset, random weights, ONNX Runtime CPU), measured over init seeds 0, 1, 2 with these fixtures'
+# settings (3 calibration prompts x 1 seed; 2 held-out prompts x seeds 7, 8), 18 budget exports:
+#   int8 (SmoothQuant 0.5, per-tensor inputs, per-channel weights): worst 0.99965 (rel L2 2.7e-2),
+#        at sigma 9.7; typical 0.9999
+#   fp8 (E4M3, per tensor): worst 0.99961 (rel L2 2.8e-2), at sigma 9.7; typical 0.9999
+# (At sigma 0.002, x0 is almost the input, c_skip = 1 - 1.6e-5, so the cosine there is 1.000000.)
+# The bound, 1 - 1e-3, leaves 2.5x the measured worst 1 - cosine; it still catches a scale off by
+# a factor of 2 or smoothing applied on the wrong side, which cost far more than that.
+MIN_COSINE = {"int8": 0.999, "fp8": 0.999}
+
+
+def op_counts(path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_int8_graph_has_one_qdq_pair_per_quantized_input_and_weight(exported, tiny_model):
+    e = exported("int8", 0)
+    num_blocks = len(blocks_for_budget(tiny_model.config.dit.num_blocks, 0))
+    assert len(e.quantized) == LAYERS_PER_BLOCK * num_blocks
+    counts = op_counts(e.path)
+    # SmoothQuant gives every layer its own smoothed input, so every layer has two pairs.
+    assert counts["QuantizeLinear"] == counts["DequantizeLinear"] == 2 * len(e.quantized)
+
+
+def test_fp8_graph_shares_the_pair_of_layers_that_read_one_activation(exported, tiny_model):
+    e = exported("fp8", 1)
+    num_blocks = len(blocks_for_budget(tiny_model.config.dit.num_blocks, 1))
+    counts = op_counts(e.path)
+    # Without smoothing, k and v (and w1 and w3) quantize the same tensor with the same scale;
+    # the exporter's optimizer merges those identical Q/DQ pairs.
+    expected = (LAYERS_PER_BLOCK + INPUTS_PER_BLOCK) * num_blocks
+    assert counts["QuantizeLinear"] == counts["DequantizeLinear"] == expected
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_quantized_graph_has_the_fp32_graphs_inputs_and_outputs(exported, tiny_model, precision):
+    e = exported(precision, 2)
+    fp32 = dit_spec(export_model(tiny_model, "fp32"), "fp32", e.spec.batch, e.spec.frames, 2)
+    graph = onnx.load(str(e.path)).graph
+
+    def io(values):
+        return [(v.name, tuple(d.dim_value for d in v.type.tensor_type.shape.dim)) for v in values]
+
+    assert io(graph.input) == [(t.name, t.shape) for t in fp32.inputs]
+    assert io(graph.output) == [(t.name, t.shape) for t in fp32.outputs]
+    assert e.spec.name == f"dit-b2-{precision}-{e.spec.batch}x{e.spec.frames}"
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+@pytest.mark.parametrize("budget", [0, 1, 2])
+def test_quantized_dit_on_ort_is_close_to_the_fp32_dit(
+    exported, held_out_calls, tiny_model, precision, budget
+):
+    e = exported(precision, budget)
+    worst = None
+    for call in held_out_calls[budget]:
+        parity = compare(
+            reference_output(tiny_model, e.spec, call.feeds()),
+            run_onnx(e.path, e.spec, call.feeds()),
+        )
+        if worst is None or parity.cosine < worst[0].cosine:
+            worst = (parity, float(call.sigma[0]))
+    assert worst[0].cosine >= MIN_COSINE[precision], f"sigma {worst[1]:.4g}: {worst[0]}"
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp8"])
+def test_fake_quant_matches_onnx_runtimes_quantize_dequantize(precision, tmp_path):
+    """The eager op and its ONNX translation agree (rounding, saturation, per-channel axis)."""
+    import onnxruntime as ort
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, scale):
+            zp = torch.zeros(
+                scale.shape, dtype=torch.int8 if precision == "int8" else torch.float8_e4m3fn
+            )
+            return torch.ops.presto_calibration.fake_quant(x, scale, zp, 0)
+
+    g = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(6, 50, generator=g)  # includes values past the int8 range (saturation)
+    scale = torch.full((6,), 0.02) if precision == "int8" else torch.tensor(0.004)
+    path = tmp_path / "probe.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        from contextlib import redirect_stdout
+
+        with redirect_stdout(io.StringIO()):
+            torch.onnx.export(
+                Probe(),
+                (x, scale),
+                str(path),
+                dynamo=True,
+                opset_version=19,
+                custom_translation_table={
+                    torch.ops.presto_calibration.fake_quant.default: fake_quant_onnx
+                },
+            )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = dict(zip([i.name for i in session.get_inputs()], [x.numpy(), scale.numpy()]))
+    got = session.run(None, feeds)[0]
+    want = fake_quant(
+        x,
+        scale,
+        torch.zeros((), dtype=torch.int8 if precision == "int8" else torch.float8_e4m3fn),
+        0,
+    )
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-6)
+
+
+def test_a_calibration_of_another_model_is_refused(calibrations, tiny_model, tmp_path):
+    calibration = load_calibration(calibrations["int8"])
+    other = Calibration("int8", "0" * 64, calibration.budgets)
+    with pytest.raises(ArtifactError, match="calibrate this model"):
+        export_quantized_dit(tiny_model, 0, other, tmp_path / "x.onnx", frames=4)
+    with pytest.raises(ArtifactError, match="budget 5 was not calibrated"):
+        export_quantized_dit(tiny_model, 5, calibration, tmp_path / "x.onnx", frames=4)
+    assert list(tmp_path.iterdir()) == []
