@@ -19,7 +19,7 @@ import copy
 import io
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -82,36 +82,35 @@ def modelopt_config(precision: str) -> dict:
 
 
 @torch.no_grad()
-def calibrate_budget(
-    denoiser: nn.Module, calls: Sequence[DiTCall], precision: str
-) -> dict[str, LayerScales]:
-    """Calibrate a copy of `denoiser` (presto_ref's EDMPrecond around the DiT) on the records of one
-    budget; returns scales for every Linear that ran, named as in the DiT ("blocks.0.attn.q").
-
-    Linear layers of blocks that the budget drops never run and get no entry.
-    """
+def quantize_with_modelopt(
+    model: nn.Module, forward_loop: Callable[[nn.Module], None], precision: str
+) -> nn.Module:
+    """`mtq.quantize` on `model` in place (fake quantizers in every Linear, calibrated on
+    `forward_loop`); returns the model."""
     mtq = import_modelopt()
-    budgets = {c.budget for c in calls}
-    assert len(budgets) == 1, f"calls of one budget expected, got budgets {sorted(budgets)}"
-    model = copy.deepcopy(denoiser).float().eval()
-
-    def forward_loop(m: nn.Module) -> None:
-        for c in calls:
-            m(c.x, c.sigma, text=c.text, text_mask=c.text_mask, bpm=c.bpm, budget=c.budget)
-
+    config = modelopt_config(precision)
     # ModelOpt prints its progress ("Inserted 93 quantizers") and warns for every Linear of a
     # dropped block ("... is not calibrated, skip smoothing"), which is expected here.
     with contextlib.redirect_stdout(io.StringIO()) as out, warnings.catch_warnings():
         warnings.filterwarnings("ignore", r".*is not calibrated, skip smoothing")
         warnings.filterwarnings("ignore", r"Cannot find transformers package")
-        mtq.quantize(model, modelopt_config(precision), forward_loop)
+        mtq.quantize(model, config, forward_loop)
     log.debug("modelopt: %s", out.getvalue().strip().replace("\n", "; "))
+    return model
 
+
+def read_scales(model: nn.Module, precision: str) -> dict[str, LayerScales]:
+    """The ranges of every calibrated ModelOpt-quantized Linear of `model`, by module name.
+
+    ModelOpt's SmoothQuant multiplies the input by `pre_quant_scale` and the weight's columns by its
+    inverse, then recalibrates the weight's amax: so `smooth` = pre_quant_scale and both amaxes are
+    of the smoothed operands, as `LayerScales` wants.
+    """
     scales: dict[str, LayerScales] = {}
-    for name, module in model.net.named_modules():
+    for name, module in model.named_modules():
         quantizer = getattr(module, "input_quantizer", None)
         if quantizer is None or quantizer.amax is None:
-            continue  # not a Linear, or in a dropped block
+            continue  # not a Linear, or one that never ran (a dropped block)
         weight_amax = module.weight_quantizer.amax.detach().float()
         smooth = channel_amax = None
         if precision == "int8":
@@ -126,3 +125,23 @@ def calibrate_budget(
             input_channel_amax=channel_amax,
         )
     return scales
+
+
+def calibrate_budget(
+    denoiser: nn.Module, calls: Sequence[DiTCall], precision: str
+) -> dict[str, LayerScales]:
+    """Calibrate a copy of `denoiser` (presto_ref's EDMPrecond around the DiT) on the records of one
+    budget; returns scales for every Linear that ran, named as in the DiT ("blocks.0.attn.q").
+
+    Linear layers of blocks that the budget drops never run and get no entry.
+    """
+    budgets = {c.budget for c in calls}
+    assert len(budgets) == 1, f"calls of one budget expected, got budgets {sorted(budgets)}"
+    model = copy.deepcopy(denoiser).float().eval()
+
+    def forward_loop(m: nn.Module) -> None:
+        for c in calls:
+            m(c.x, c.sigma, text=c.text, text_mask=c.text_mask, bpm=c.bpm, budget=c.budget)
+
+    quantize_with_modelopt(model, forward_loop, precision)
+    return read_scales(model.net, precision)

@@ -29,6 +29,12 @@ def require_modelopt() -> None:
 
 
 @pytest.fixture(scope="session")
+def modelopt() -> None:
+    """Skips the test, with the pip line, where ModelOpt cannot be imported."""
+    require_modelopt()
+
+
+@pytest.fixture(scope="session")
 def calibrations(tmp_path_factory) -> dict[str, Path]:
     """precision -> a calibration folder written by `python -m calibration.calibrate`."""
     require_modelopt()
