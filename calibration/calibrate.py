@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 
 from calibration.recipes import (
-    PRECISIONS,
     SMOOTHQUANT_ALPHA,
     calibrate_budget,
     import_modelopt,
     modelopt_version,
 )
 from calibration.scales import (
+    PRECISIONS,
     Calibration,
     check_out_dir,
     describe_layers,

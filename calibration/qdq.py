@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from calibration.scales import Calibration, LayerScales
+from calibration.scales import PRECISIONS, Calibration, LayerScales
 from export.onnx_export import PROTOBUF_LIMIT_BYTES, TREESPEC_WARNING, parameter_bytes
 from export.spec import ExportSpec, dit_spec
-from presto_common.errors import ArtifactError, EngineBuildError
+from presto_common.errors import ArtifactError, ConfigError, EngineBuildError
 from presto_ref.dit import DiT, blocks_for_budget
 from presto_ref.pipeline import Presto
 
@@ -95,8 +95,12 @@ class QDQLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, scales: LayerScales, precision: str) -> None:
         super().__init__()
-        qmax, zp_dtype = (INT8_MAX, torch.int8) if precision == "int8" else (FP8_E4M3_MAX, None)
-        zp_dtype = zp_dtype or torch.float8_e4m3fn
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
+        if precision == "int8":
+            qmax, zp_dtype = INT8_MAX, torch.int8
+        else:
+            qmax, zp_dtype = FP8_E4M3_MAX, torch.float8_e4m3fn
         weight = linear.weight.detach().float()
         smooth = scales.smooth if precision == "int8" else None
         if smooth is not None:

@@ -24,13 +24,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from calibration.scales import LayerScales
+from calibration.scales import PRECISIONS, LayerScales
 from calibration.trajectories import DiTCall
 from presto_common.errors import BackendUnavailable, ConfigError
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp8", "int8")
 # SmoothQuant's migration strength: 0.5 splits the range of outlier channels evenly between
 # activation and weight (SmoothQuant, section 4.2: the sweet spot for most models).
 SMOOTHQUANT_ALPHA = 0.5

@@ -28,6 +28,7 @@ SCALES_FILE = "scales.safetensors"
 SUMMARY_FILE = "calibration.json"
 FORMAT = "presto-calibration"
 FORMAT_VERSION = 1
+PRECISIONS = ("fp8", "int8")
 FIELDS = ("input_amax", "weight_amax", "smooth", "input_channel_amax")
 
 
@@ -178,6 +179,11 @@ def load_calibration(directory: str | Path) -> Calibration:
     if not path.is_file() or sha256_file(path) != doc.get("scales_sha256"):
         raise ArtifactError(
             f"{path} is missing or does not match the sha256 in {SUMMARY_FILE}; calibrate again"
+        )
+    if doc.get("precision") not in PRECISIONS:
+        raise ArtifactError(
+            f"{directory / SUMMARY_FILE} has precision {doc.get('precision')!r}, not one of "
+            f"{PRECISIONS}; calibrate again"
         )
     flat = load_file(path)
     return Calibration(doc["precision"], doc["config_hash"], from_tensors(flat))
