@@ -112,3 +112,23 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() and list(Path(tmp_path).iterdir()) == []
+
+
+def test_a_failed_write_leaves_the_earlier_calibration_and_no_temporary_folder(
+    calibrations, tmp_path, monkeypatch
+):
+    import calibration.scales as scales
+
+    earlier = tmp_path / "calib"
+    shutil.copytree(calibrations["int8"], earlier)
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    replacement = load_calibration(calibrations["fp8"])
+
+    def disk_full(path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(scales, "sha256_file", disk_full)
+    with pytest.raises(OutputError, match="could not write the calibration"):
+        scales.save_calibration(earlier, replacement, {})
+    assert [p.name for p in tmp_path.iterdir()] == ["calib"]
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
