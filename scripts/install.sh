@@ -13,8 +13,8 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 step "installing torch==2.13.0, the CPU build (about a minute)"
 .venv/bin/python -m pip install -q "torch==2.13.0"
-step "installing the project with its ref, export, rtx, serve and dev extras (about a minute)"
-.venv/bin/python -m pip install -q -e ".[ref,export,rtx,serve,dev]"
+step "installing the project with its ref, export, rtx, serve, calibrate and dev extras (about a minute)"
+.venv/bin/python -m pip install -q -e ".[ref,export,rtx,serve,calibrate,dev]"
 step "checking that torch, onnx, onnxruntime, polygraphy and tensorrt-rtx import (seconds)"
 .venv/bin/python -c "import torch, onnx, onnxruntime, polygraphy, tensorrt_rtx_bindings; print('torch', torch.__version__, '| onnx', onnx.__version__, '| onnxruntime', onnxruntime.__version__, '| tensorrt-rtx', tensorrt_rtx_bindings.__version__)"
 echo "install.sh: done in $((SECONDS - start)) s" >&2
