@@ -9,7 +9,7 @@ per-channel input amax) and DIR/calibration.json (a readable summary with the sc
 
 examples:
   python -m calibration.calibrate --preset tiny --precision int8 --duration-s 1 -o artifacts/calib-tiny
-  python -m calibration.calibrate --preset presto-ls --precision fp8 --seeds 2 -o artifacts/calib-fp8
+  python -m calibration.calibrate --preset presto-ls --precision fp8 --device cuda -o artifacts/calib-fp8
   python -m calibration.calibrate --checkpoint ckpt/ --precision int8 --prompts my.txt -o calib/
 """
 
@@ -44,7 +44,7 @@ from calibration.trajectories import (
     read_prompts,
     record_dit_calls,
 )
-from presto_common.cli import add_logging_flags, run_main, setup_logging
+from presto_common.cli import add_logging_flags, check_device, run_main, setup_logging
 from presto_common.errors import ConfigError, InputError
 from presto_common.names import TOOLKIT_VERSION
 from presto_common.schedule import karras_sigmas
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-seed", type=int, default=0, help="seed of the random init without --checkpoint"
     )
+    p.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N: where the sampler and ModelOpt run"
+    )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="output folder")
     add_logging_flags(p)
     return p
@@ -103,6 +106,7 @@ def check_flags(args: argparse.Namespace) -> tuple[str, ...]:
         raise InputError(f"--duration-s {args.duration_s} must be a positive number of seconds")
     if args.preset is not None and args.preset not in PRESETS:
         raise ConfigError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    check_device(args.device)
     check_out_dir(args.out)
     if args.out.is_dir() and any(args.out.iterdir()):
         read_summary(args.out)  # only an earlier calibration may be replaced
@@ -115,10 +119,10 @@ def calibrate(args: argparse.Namespace, prompts: tuple[str, ...]) -> Path:
     """Steps 1-4 of the command; returns the output folder."""
     # 1. The model and the calibration set.
     if args.checkpoint is not None:
-        model = load_checkpoint(args.checkpoint)
+        model = load_checkpoint(args.checkpoint, device=args.device)
         source = {"checkpoint": str(args.checkpoint)}
     else:
-        model = random_model(args.preset, seed=args.init_seed).eval()
+        model = random_model(args.preset, seed=args.init_seed).to(args.device).eval()
         source = {"preset": args.preset, "init_seed": args.init_seed}
     config = model.config
     seeds = tuple(range(args.seeds))
@@ -191,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return [out]
 
-    return run_main(body, argv, {"precision": args.precision, "out": args.out})
+    return run_main(
+        body, argv, {"precision": args.precision, "device": args.device, "out": args.out}
+    )
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def to_tensors(calibration: Calibration) -> dict[str, Tensor]:
             for field in FIELDS:
                 value = getattr(scales, field)
                 if value is not None:
-                    flat[f"b{budget}/{layer}/{field}"] = value.detach().float().contiguous()
+                    flat[f"b{budget}/{layer}/{field}"] = value.detach().float().cpu().contiguous()
     return flat
 
 

@@ -103,6 +103,7 @@ def test_a_non_empty_foreign_out_dir_is_refused(tmp_path, capsys):
         (["--seeds", "0"], "--seeds 0 must be >= 1"),
         (["--duration-s", "-1"], "--duration-s -1.0 must be a positive number"),
         (["--prompts", "/nonexistent/prompts.txt"], "--prompts /nonexistent/prompts.txt cannot"),
+        (["--device", "tpu"], "--device 'tpu' is not a device name"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
