@@ -53,6 +53,10 @@ from presto_ref.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
+# Each prompt's takes run as one batch of --seeds rows, so the count bounds the batch's memory (a
+# typo such as 10**9 would otherwise fail deep in the sampler); more data means more prompts.
+MAX_SEEDS = 256
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -100,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 def check_flags(args: argparse.Namespace) -> tuple[str, ...]:
     """Flag errors before any model is loaded; each names the value and the fix. Returns the
     prompts."""
-    if args.seeds < 1:
-        raise InputError(f"--seeds {args.seeds} must be >= 1 (takes per prompt); e.g. --seeds 2")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise InputError(
+            f"--seeds {args.seeds} is outside [1, {MAX_SEEDS}] (takes per prompt, one batch); "
+            "e.g. --seeds 2"
+        )
     if args.duration_s is not None and not args.duration_s > 0:
         raise InputError(f"--duration-s {args.duration_s} must be a positive number of seconds")
     if args.preset is not None and args.preset not in PRESETS:

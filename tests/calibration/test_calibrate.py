@@ -100,7 +100,8 @@ def test_a_non_empty_foreign_out_dir_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--seeds", "0"], "--seeds 0 must be >= 1"),
+        (["--seeds", "0"], "--seeds 0 is outside [1, 256]"),
+        (["--seeds", "1000000000"], "--seeds 1000000000 is outside [1, 256]"),
         (["--duration-s", "-1"], "--duration-s -1.0 must be a positive number"),
         (["--prompts", "/nonexistent/prompts.txt"], "--prompts /nonexistent/prompts.txt cannot"),
         (["--device", "tpu"], "--device 'tpu' is not a device name"),
