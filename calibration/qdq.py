@@ -11,10 +11,11 @@ y = x W^T + b becomes
     fp8   E4M3, per tensor for x and W, scale = amax / 448; no smoothing.
 
 Quantized: the token-wise GEMMs of every block, attention q, k, v, o and feed-forward w1, w3, w2
-(QUANTIZED). The rest stays fp32 as in the fp32 graph: norms, softmax, rotary angles, the
-preconditioning, and the small Linears of the conditioning path (noise, BPM and budget embeddings,
-adaLN), the text projection and the first and last projections (proj_in, proj_out), which are under
-1% of the FLOPs and set the output's accuracy.
+(QUANTIZED). The rest stays fp32 as in the fp32 graph: norms, the preconditioning, rotary angles,
+attention's QK^T, softmax and PV (TensorRT's FP8 attention needs a head width divisible by 16;
+the paper's is 72), and the small Linears of the conditioning path (noise, BPM and budget
+embeddings, adaLN), the text projection and the first and last projections (proj_in, proj_out),
+which together are under 0.1% of the DiT's FLOPs at paper scale and sit where errors matter most.
 
 The q, k, v and w1, w3 projections stay separate (export/fuse.py fuses them in the fp32 graph):
 SmoothQuant gives each its own `smooth`, and q sees audio tokens only while k and v see
