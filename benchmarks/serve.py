@@ -17,7 +17,15 @@ The last stdout line is one JSON document; --json PATH writes it too:
     {command, config, started_at, finished_at, server: {server, model}, metrics_url,
      gpu_memory: {start, end}, environment, concurrency, duration_s, warmup_s, wall_s, requests,
      ok, errors, error_messages, latency_ms: {p50, p90, p99, min, max, mean}, audio_s_per_request,
-     throughput_audio_s_per_s, requests_per_s, warmup_requests}
+     throughput_audio_s_per_s, requests_per_s, warmup_requests, server_time: {inferences,
+     executions, rows_per_execution, execution_rows, ms_per_request: {queue, compute_input,
+     compute_infer, compute_output}}}
+
+server_time comes from Triton's statistics extension, read before and after the run (warm-up
+included): per request, the milliseconds queued, copying inputs, computing (the whole chain and the
+copy of the audio to the host) and returning outputs. --shared-memory-mib has each client register
+a system shared-memory region for `audio` (server and client on one host), so the audio does not
+travel in the response body.
 
 examples:
   python -m benchmarks.serve --url localhost:8000 --concurrency 4 --duration-s 60
@@ -227,6 +235,38 @@ def summarize_load(
 # --- the report -------------------------------------------------------------------------------------
 
 
+# --- where the server spent the time: Triton's own statistics ---------------------------------------
+
+PHASES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def _ns(stats: dict[str, Any], phase: str) -> int:
+    return int(stats["inference_stats"][phase]["ns"])
+
+
+def server_time(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per-request milliseconds in each phase inside the server between two `Client.statistics()`
+    readings, with the model executions and the rows each held; the client's latency minus their
+    sum is the transport (request and response bodies, the client's parsing)."""
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    if inferences <= 0:
+        return {"inferences": 0, "executions": executions, "ms_per_request": None}
+    ms = {p: (_ns(after, p) - _ns(before, p)) / 1e6 / inferences for p in PHASES}
+    sizes = Counter()
+    for batch in after.get("batch_stats", []):
+        sizes[int(batch["batch_size"])] += int(batch["compute_infer"]["count"])
+    for batch in before.get("batch_stats", []):
+        sizes[int(batch["batch_size"])] -= int(batch["compute_infer"]["count"])
+    return {
+        "inferences": inferences,
+        "executions": executions,
+        "rows_per_execution": inferences / executions if executions else None,
+        "execution_rows": {str(k): v for k, v in sorted(sizes.items()) if v},
+        "ms_per_request": ms,
+    }
+
+
 def format_table(doc: dict[str, Any]) -> str:
     """The readable summary of benchmarks.serve's JSON document."""
 
@@ -254,6 +294,14 @@ def format_table(doc: dict[str, Any]) -> str:
     start, end = doc["gpu_memory"]["start"], doc["gpu_memory"]["end"]
     line = f"{'GPU memory MiB':<16}start {memory(start)}, end {memory(end)}"
     lines.append(line + (f" ({end['reason']})" if end["used_mib"] is None else ""))
+    server = doc.get("server_time") or {}
+    if server.get("ms_per_request"):
+        ms = server["ms_per_request"]
+        lines.append(
+            f"{'server ms/req':<16}queue {ms['queue']:.1f}, input {ms['compute_input']:.1f}, "
+            f"infer {ms['compute_infer']:.1f}, output {ms['compute_output']:.1f}; "
+            f"{server['executions']} executions of {server['rows_per_execution']:.1f} rows"
+        )
     for e in doc["error_messages"]:
         lines.append(f"{'error':<16}{e['count']}x {e['message']}")
     return "\n".join(lines)
@@ -279,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--mono", action="store_true", help="ask for mono takes")
     add("--metrics-url", metavar="HOST:PORT", help="Triton metrics (default: --url's host:8002)")
     add("--timeout-s", type=float, default=120.0, metavar="T", help="per request (default 120)")
+    add(
+        "--shared-memory-mib",
+        type=float,
+        default=0.0,
+        metavar="MIB",
+        help="audio through a shared-memory region of MIB per client (same host; 11 holds 32 s "
+        "stereo); default 0: in the response body",
+    )
     add("--json", type=Path, metavar="PATH", help="also write the JSON document here")
     add_logging_flags(p)
     return p
@@ -305,9 +361,20 @@ def main(argv: list[str] | None = None) -> int:
             server = client.metadata()
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         memory_start = read_gpu_memory(metrics_url)
-        # 2. The load, then the memory the server holds after it.
+
+        def make_client() -> Client:
+            return Client(
+                args.url,
+                protocol=args.protocol,
+                timeout_s=args.timeout_s,
+                shared_memory_mib=args.shared_memory_mib,
+            )
+
+        # 2. The load (server statistics around it), then the memory the server holds after it.
+        with Client(args.url, protocol=args.protocol, timeout_s=args.timeout_s) as stats:
+            before = stats.statistics()
         result = run_load(
-            lambda: Client(args.url, protocol=args.protocol, timeout_s=args.timeout_s),
+            make_client,
             args.concurrency,
             args.duration_s,
             args.warmup_s,
@@ -315,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             args.audio_s,
             args.mono,
         )
+        with Client(args.url, protocol=args.protocol, timeout_s=args.timeout_s) as stats:
+            after = stats.statistics()
         memory_end = read_gpu_memory(metrics_url)
         doc = {
             "command": ["python", "-m", "benchmarks.serve", *argv],
@@ -329,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                 "tritonclient": package_metadata.version("tritonclient"),
             },
             **result,
+            # over the whole run, warm-up included: the server cannot tell the two apart
+            "server_time": server_time(before, after),
         }
         # 3. The table, the JSON; a run in which no request succeeded is a failure.
         print(format_table(doc))

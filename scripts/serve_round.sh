@@ -34,7 +34,9 @@
 #        load2    the same on --gpus 0,1                                  -> $OUT/load2-c*.json
 # Settings: OUT (default gpu-out), WORK (default /tmp/serve-round), BATCHES (default 1,8),
 # CONCURRENCY (default "1 8 32"), LOAD_S (seconds of load per concurrency, default 60),
-# PROTOCOL (http or grpc, default http), RUNS (bench, default 20), WAIT_S (default 540).
+# PROTOCOL (http or grpc, default http), SHM_MIB (benchmarks.serve --shared-memory-mib, default 0:
+# the audio in the response body; 11 holds 32 s of stereo), RUNS (bench, default 20), WAIT_S
+# (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -44,6 +46,7 @@ BATCHES=${BATCHES:-1,8}
 CONCURRENCY=${CONCURRENCY:-1 8 32}
 LOAD_S=${LOAD_S:-60}
 PROTOCOL=${PROTOCOL:-http}
+SHM_MIB=${SHM_MIB:-0}
 RUNS=${RUNS:-20}
 WAIT_S=${WAIT_S:-540}
 ENGINES=$WORK/presto-ls-bf16
@@ -105,7 +108,8 @@ load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
   grep -a "ready in" "$OUT/$name-server.log"
   for c in $CONCURRENCY; do
     python3 -m benchmarks.serve --url "localhost:$port" --protocol "$PROTOCOL" --concurrency "$c" \
-      --duration-s "$LOAD_S" --metrics-url localhost:8002 --json "$OUT/$name-c$c.json" || status=1
+      --duration-s "$LOAD_S" --shared-memory-mib "$SHM_MIB" --metrics-url localhost:8002 \
+      --json "$OUT/$name-c$c.json" || status=1
   done
   kill -TERM $pid
   wait $pid || status=1

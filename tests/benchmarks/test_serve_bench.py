@@ -173,6 +173,52 @@ def fake_memory(url: str, timeout_s: float = 10.0) -> dict:
     return serve.gpu_memory(TWO_GPUS)
 
 
+def stats(inferences: int, executions: int, ms: dict, rows: dict) -> dict:
+    """A Triton model_stats entry: cumulative counts and nanoseconds per phase."""
+    return {
+        "inference_count": inferences,
+        "execution_count": executions,
+        "inference_stats": {p: {"count": inferences, "ns": int(v * 1e6)} for p, v in ms.items()},
+        "batch_stats": [
+            {"batch_size": b, "compute_infer": {"count": n, "ns": 0}} for b, n in rows.items()
+        ],
+    }
+
+
+ZERO = {"queue": 0, "compute_input": 0, "compute_infer": 0, "compute_output": 0}
+
+
+def test_server_time_is_per_request_between_two_readings() -> None:
+    before = stats(
+        10,
+        10,
+        {"queue": 5, "compute_input": 1, "compute_infer": 500, "compute_output": 20},
+        {1: 10},
+    )
+    after = stats(
+        30,
+        15,
+        {"queue": 45, "compute_input": 3, "compute_infer": 1500, "compute_output": 60},
+        {1: 12, 4: 3},
+    )
+    got = serve.server_time(before, after)
+    assert got["inferences"] == 20 and got["executions"] == 5 and got["rows_per_execution"] == 4
+    assert got["ms_per_request"] == pytest.approx(
+        {"queue": 2.0, "compute_input": 0.1, "compute_infer": 50.0, "compute_output": 2.0}
+    )
+    assert got["execution_rows"] == {"1": 2, "4": 3}
+    assert serve.server_time(after, after)["ms_per_request"] is None
+
+
+def fake_statistics(self) -> dict:
+    fake_statistics.calls += 1  # each reading: 4 more inferences in 2 executions, 10 ms each phase
+    n = fake_statistics.calls
+    return stats(4 * n, 2 * n, {p: 40.0 * n for p in ZERO}, {2: 2 * n})
+
+
+fake_statistics.calls = 0
+
+
 def test_main_writes_the_table_and_json(tmp_path: Path, monkeypatch, capsys) -> None:
     seen = []
 
@@ -183,6 +229,7 @@ def test_main_writes_the_table_and_json(tmp_path: Path, monkeypatch, capsys) -> 
 
     monkeypatch.setattr(Client, "generate", answer)
     monkeypatch.setattr(Client, "metadata", lambda self: {"server": {"version": "2.51"}})
+    monkeypatch.setattr(Client, "statistics", fake_statistics)
     monkeypatch.setattr(serve, "read_gpu_memory", fake_memory)
     out = tmp_path / "r.json"
     argv = ["--url", "h:8000", "--concurrency", "2", "--duration-s", "0.2", "--warmup-s", "0"]
@@ -196,6 +243,8 @@ def test_main_writes_the_table_and_json(tmp_path: Path, monkeypatch, capsys) -> 
     assert doc["command"][-1] == "-q" and doc["config"]["concurrency"] == 2
     assert doc["ok"] == doc["requests"] > 0 and doc["throughput_audio_s_per_s"] > 0
     assert set(seen) == {("h:8000", "warm lofi piano", 0.8, True)}
+    assert doc["server_time"]["ms_per_request"] == pytest.approx(dict.fromkeys(ZERO, 10.0))
+    assert "server ms/req   queue 10.0, input 10.0, infer 10.0, output 10.0" in stdout
 
 
 def test_main_exits_1_when_every_request_fails(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -204,6 +253,7 @@ def test_main_exits_1_when_every_request_fails(tmp_path: Path, monkeypatch, caps
 
     monkeypatch.setattr(Client, "generate", refuse)
     monkeypatch.setattr(Client, "metadata", lambda self: {})
+    monkeypatch.setattr(Client, "statistics", fake_statistics)
     monkeypatch.setattr(serve, "read_gpu_memory", fake_memory)
     argv = ["--url", "h:8000", "--concurrency", "2", "--duration-s", "0.1", "--audio-s", "99"]
     assert serve.main([*argv, "--json", str(tmp_path / "r.json")]) == 1

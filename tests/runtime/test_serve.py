@@ -115,6 +115,26 @@ def test_concurrent_requests_equal_runtime_generate(served, local):
         _close(audio, want.samples[0])
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_shared_memory_output_equals_the_body(served, protocol):
+    _, http, grpc, _, _ = served
+    url = http if protocol == "http" else grpc
+    with Client(url, protocol=protocol) as plain, Client(url, protocol, shared_memory_mib=1) as shm:
+        want, rate = plain.generate("warm lofi piano", seed=9, mono=True)
+        for _ in range(2):  # the region is reused: the second answer overwrites the first
+            got, got_rate = shm.generate("warm lofi piano", seed=9, mono=True)
+            np.testing.assert_array_equal(got, want)
+        assert got_rate == rate
+        stats = shm.statistics()
+    assert stats["name"] == "presto" and int(stats["inference_count"]) >= 3
+
+
+def test_a_too_small_region_is_a_server_error(served):
+    _, http, _, _, _ = served
+    with Client(http, shared_memory_mib=0.01) as client, pytest.raises(ServerError):
+        client.generate("warm lofi piano", seed=1)
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
@@ -177,6 +197,7 @@ def test_load_benchmark_against_the_server(served, tmp_path):
     _, http, _, metrics, _ = served
     out = tmp_path / "load.json"
     argv = ["--url", http, "--concurrency", "3", "--duration-s", "3", "--warmup-s", "1"]
+    argv += ["--shared-memory-mib", "1"]
     assert bench_main([*argv, "--metrics-url", metrics, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["errors"] == 0 and report["ok"] == report["requests"] > 0
@@ -184,6 +205,10 @@ def test_load_benchmark_against_the_server(served, tmp_path):
     # a CPU server exports no GPU memory lines: null, with the reason
     assert report["gpu_memory"]["start"]["used_mib"] is None
     assert report["gpu_memory"]["start"]["reason"]
+    server = report["server_time"]  # Triton's own statistics over the run
+    assert (
+        server["inferences"] >= report["requests"] and server["ms_per_request"]["compute_infer"] > 0
+    )
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits(served):
