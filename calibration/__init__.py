@@ -11,8 +11,10 @@ fake quantizers into every nn.Linear of a copy of the DiT and calibrates them on
 SmoothQuant with alpha 0.5 and max calibration for int8 (per-tensor inputs, per-channel weights),
 max calibration for fp8 E4M3 (per tensor). What the project does itself: record the DiT's inputs
 along the sampler's trajectories and group them by layer budget (trajectories.py), run ModelOpt once
-per budget and read its ranges back (recipes.py), the file format (scales.py), and the Q/DQ graph:
-its own fake-quantization op, exported by torch.onnx's dynamo exporter with export/'s DiT spec, so
-that names and shapes match the fp32 DiT (qdq.py). ModelOpt's own ONNX export path is not used: it
+per budget and read its ranges back (recipes.py), the file format (scales.py), and the Q/DQ graph
+(qdq.py): its own fake-quantization op around the fp32 graph's fused GEMMs ([q|k|v], o, [w1|w3],
+w2), whose shared SmoothQuant factors it derives from ModelOpt's per-channel ranges with ModelOpt's
+formula, exported by torch.onnx's dynamo exporter with export/'s DiT spec, so that names and shapes
+match the fp32 DiT. ModelOpt's own ONNX export path is not used: it
 targets its TorchScript-exporter symbolic functions, while export/ uses the dynamo exporter.
 """

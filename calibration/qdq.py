@@ -10,16 +10,18 @@ y = x W^T + b becomes
           Mul on the activation and folded into the stored weight.
     fp8   E4M3, per tensor for x and W, scale = amax / 448; no smoothing.
 
-Quantized: the token-wise GEMMs of every block, attention q, k, v, o and feed-forward w1, w3, w2
-(QUANTIZED). The rest stays fp32 as in the fp32 graph: norms, the preconditioning, rotary angles,
-attention's QK^T, softmax and PV (TensorRT's FP8 attention needs a head width divisible by 16;
-the paper's is 72), and the small Linears of the conditioning path (noise, BPM and budget
-embeddings, adaLN), the text projection and the first and last projections (proj_in, proj_out),
-which together are under 0.1% of the DiT's FLOPs at paper scale and sit where errors matter most.
+Quantized: the token-wise GEMMs of every block that the budget runs, in export/fuse.py's fused
+form, so the graph has the fp32 graph's GEMMs: attention [q|k|v] (over the audio tokens, and its
+[k|v] rows over the text tokens) and o, feed-forward [w1|w3] and w2. The rest stays fp32 as in the
+fp32 graph: norms, the preconditioning, rotary angles, attention's QK^T, softmax and PV (TensorRT's
+FP8 attention needs a head width divisible by 16; the paper's is 72), and the small Linears of the
+conditioning path (noise, BPM and budget embeddings, adaLN), the text projection and the first and
+last projections (proj_in, proj_out), which together are under 0.1% of the DiT's FLOPs at paper
+scale and sit where errors matter most.
 
-The q, k, v and w1, w3 projections stay separate (export/fuse.py fuses them in the fp32 graph):
-SmoothQuant gives each its own `smooth`, and q sees audio tokens only while k and v see
-[audio; text], so they do not share an input scale. Fusing them needs a shared smoothing.
+Fused GEMMs need one input scale and, for int8, one smoothing factor per input channel: o and w2
+use ModelOpt's as calibrated; [q|k|v] and [w1|w3] get ModelOpt's formula applied to the members'
+per-channel input ranges (the calibration records them) and the fused weight (`fused_scales`).
 
 The fake quantization is one custom op, `presto_calibration::fake_quant`, computed exactly in eager
 PyTorch and translated to QuantizeLinear + DequantizeLinear by torch.onnx's dynamo exporter. Opset 19
@@ -31,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -41,18 +42,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from calibration.recipes import SMOOTHQUANT_ALPHA
 from calibration.scales import PRECISIONS, Calibration, LayerScales
+from export.fuse import FusedAttention, FusedSwiGLU
 from export.onnx_export import PROTOBUF_LIMIT_BYTES, TREESPEC_WARNING, parameter_bytes
-from export.spec import ExportSpec, dit_spec
+from export.spec import ExportSpec, dit_spec, export_model
 from presto_common.errors import ArtifactError, ConfigError, EngineBuildError
 from presto_ref.dit import DiT, blocks_for_budget
+from presto_ref.layers import apply_rotary
 from presto_ref.pipeline import Presto
 
-QUANTIZED = re.compile(r"blocks\.\d+\.(attn\.[qkvo]|ffn\.w[123])")
 INT8_MAX = 127.0  # symmetric int8: scale = amax / 127, zero point 0 (TensorRT's convention)
 FP8_E4M3_MAX = 448.0  # largest finite float8 E4M3 value (OCP FP8 spec)
 # A floor under amax: an all-zero calibration range would give scale 0 and x / 0.
 MIN_AMAX = 1e-12
+SMOOTH_RANGE = (1e-4, 1e4)  # ModelOpt's clamp on SmoothQuant factors
+SMOOTH_EPS = 2.0**-31  # ModelOpt's floor: channels with a smaller range get factor 1
 OPSET = 19  # QuantizeLinear-19 is the first with float8 types; int8 graphs use it too
 
 
@@ -91,68 +96,163 @@ def fake_quant_onnx(x, scale, zero_point, axis: int):
 # --- the quantized Linear -------------------------------------------------------------------------
 
 
+class QDQInput(nn.Module):
+    """DQ(Q(x * smooth)) for x: (..., K): the activation side of a quantized GEMM, per tensor."""
+
+    def __init__(self, amax: Tensor, smooth: Tensor | None, precision: str) -> None:
+        super().__init__()
+        qmax, zp_dtype = quant_format(precision)
+        self.register_buffer("smooth", None if smooth is None else smooth.float().clone())
+        self.register_buffer("scale", amax.float().clamp(min=MIN_AMAX).reshape(()) / qmax)
+        self.register_buffer("zero_point", torch.zeros((), dtype=zp_dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.smooth is not None:
+            x = x * self.smooth  # (..., K)
+        return torch.ops.presto_calibration.fake_quant(x, self.scale, self.zero_point, 0)
+
+
 class QDQLinear(nn.Module):
     """y = DQ(Q(x * smooth)) DQ(Q(W / smooth))^T + b for x: (..., K) -> y: (..., N)."""
 
     def __init__(self, linear: nn.Linear, scales: LayerScales, precision: str) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
-        if precision == "int8":
-            qmax, zp_dtype = INT8_MAX, torch.int8
-        else:
-            qmax, zp_dtype = FP8_E4M3_MAX, torch.float8_e4m3fn
+        qmax, zp_dtype = quant_format(precision)
         weight = linear.weight.detach().float()
         smooth = scales.smooth if precision == "int8" else None
         if smooth is not None:
             weight = weight / smooth[None, :]  # (N, K)
+        self.input = QDQInput(scales.input_amax, smooth, precision)
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = linear.bias
-        self.register_buffer("smooth", None if smooth is None else smooth.float().clone())
-        input_scale = scales.input_amax.float().clamp(min=MIN_AMAX) / qmax
         weight_scale = scales.weight_amax.float().clamp(min=MIN_AMAX) / qmax
-        self.register_buffer("input_scale", input_scale.reshape(()))
-        self.register_buffer("input_zero_point", torch.zeros((), dtype=zp_dtype))
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("weight_zero_point", torch.zeros(weight_scale.shape, dtype=zp_dtype))
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.smooth is not None:
-            x = x * self.smooth  # (..., K)
-        x = torch.ops.presto_calibration.fake_quant(x, self.input_scale, self.input_zero_point, 0)
-        w = torch.ops.presto_calibration.fake_quant(
+    def quantized_weight(self) -> Tensor:
+        """DQ(Q(W / smooth)): (N, K), per output channel for int8."""
+        return torch.ops.presto_calibration.fake_quant(
             self.weight, self.weight_scale, self.weight_zero_point, 0
-        )  # (N, K), per output channel for int8
-        return F.linear(x, w, self.bias)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.input(x), self.quantized_weight(), self.bias)
+
+
+def quant_format(precision: str) -> tuple[float, torch.dtype]:
+    """(largest representable magnitude, zero-point dtype) of a precision."""
+    if precision == "int8":
+        return INT8_MAX, torch.int8
+    if precision == "fp8":
+        return FP8_E4M3_MAX, torch.float8_e4m3fn
+    raise ConfigError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
+
+
+# --- the fused projections of export/fuse.py, quantized -------------------------------------------
+
+
+def shared_smoothing(channel_amax: Tensor, weight: Tensor) -> Tensor:
+    """SmoothQuant factor s: (K,) for one input read by a fused weight (N, K), ModelOpt's formula:
+    s_j = max_i |W_ij|^(1 - alpha) / max|X_j|^alpha, clamped to [1e-4, 1e4], 1 where X_j is 0."""
+    a = channel_amax.float()
+    s = weight.abs().amax(dim=0).pow(1 - SMOOTHQUANT_ALPHA) / a.pow(SMOOTHQUANT_ALPHA)
+    s = torch.where(a > SMOOTH_EPS, s, torch.ones_like(s))
+    return s.clamp(*SMOOTH_RANGE)
+
+
+def fused_scales(
+    members: list[LayerScales], weight: Tensor, precision: str
+) -> tuple[LayerScales, Tensor]:
+    """Scales for one GEMM that fuses Linears reading the same input, weight = [W_a; W_b; ...]:
+    (N, K) unsmoothed. Returns (scales, per-channel input amax (K,)). fp8: the largest of the
+    members' amaxes; int8: a shared smoothing from the members' per-channel input ranges."""
+    if precision == "fp8":
+        amax = torch.stack([m.input_amax for m in members]).amax()
+        weight_amax = torch.stack([m.weight_amax for m in members]).amax()
+        return LayerScales(input_amax=amax, weight_amax=weight_amax), amax
+    channel_amax = torch.stack([m.input_channel_amax for m in members]).amax(dim=0)  # (K,)
+    smooth = shared_smoothing(channel_amax, weight)
+    scales = LayerScales(
+        input_amax=(channel_amax * smooth).amax(),
+        weight_amax=(weight / smooth[None, :]).abs().amax(dim=1),  # (N,)
+        smooth=smooth,
+        input_channel_amax=channel_amax,
+    )
+    return scales, channel_amax
+
+
+class QDQFusedAttention(nn.Module):
+    """export.fuse.FusedAttention with both of its GEMMs quantized: [q|k|v] over the audio tokens
+    and the [k|v] rows over the text tokens share one smoothed, quantized weight (3D, D); the audio
+    and the text tokens each have their own input scale."""
+
+    def __init__(
+        self, attn: FusedAttention, q: LayerScales, k: LayerScales, v: LayerScales,
+        o: LayerScales, precision: str,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.num_heads, self.width = attn.num_heads, attn.width
+        weight = attn.qkv.weight.detach().float()  # (3D, D)
+        qkv, _ = fused_scales([q, k, v], weight, precision)
+        self.qkv = QDQLinear(attn.qkv, dataclasses.replace(qkv, input_amax=q.input_amax), precision)
+        # q reads the audio tokens alone, k and v read [audio; text]: k's range bounds the text.
+        if precision == "int8":
+            audio_amax = (q.input_channel_amax * qkv.smooth).amax()
+            text_amax = (k.input_channel_amax * qkv.smooth).amax()
+            self.qkv.input = QDQInput(audio_amax, qkv.smooth, precision)
+        else:
+            text_amax = k.input_amax
+        self.text_input = QDQInput(text_amax, qkv.smooth, precision)
+        self.o = QDQLinear(attn.o, o, precision)
+
+    def forward(self, a: Tensor, text: Tensor, angles: Tensor, key_mask: Tensor) -> Tensor:
+        """a: (B, T, D) audio, text: (B, S, D), angles: (T, d/2), key_mask: (B, 1, 1, T + S) bool."""
+        B, T, D = a.shape
+
+        def heads(t: Tensor) -> Tensor:  # (B, L, D) -> (B, H, L, d)
+            return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+        q, k_a, v_a = self.qkv(a).split(D, dim=-1)  # (B, T, D) each
+        w_kv = self.qkv.quantized_weight()[D:]  # (2D, D), the same Q/DQ as the audio GEMM's
+        k_t, v_t = F.linear(self.text_input(text), w_kv).split(D, dim=-1)  # (B, S, D) each
+        q = apply_rotary(heads(q), angles)
+        k = torch.cat([apply_rotary(heads(k_a), angles), heads(k_t)], dim=2)  # text unrotated
+        v = heads(torch.cat([v_a, v_t], dim=1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, T, d)
+        return self.o(out.transpose(1, 2).flatten(2))
 
 
 def quantize_dit(
     dit: DiT, budget: int, layers: dict[str, LayerScales], precision: str
 ) -> list[str]:
-    """Swap the QUANTIZED Linears of the blocks that `budget` runs for QDQLinear, in place.
+    """Quantize the GEMMs of the blocks that `budget` runs, in place, in a DiT whose projections
+    export/fuse.py has fused: attention [q|k|v] and o, feed-forward [w1|w3] and w2.
 
-    Returns the swapped layer names. ArtifactError if one of them has no scales (a calibration of
-    another model or budget).
+    `layers` are the calibration's scales, named as in presto_ref's unfused DiT. Returns the
+    quantized layers' names (fused names). ArtifactError if a needed layer has no scales.
     """
-    running = {f"blocks.{i}." for i in blocks_for_budget(dit.cfg.num_blocks, budget)}
-    names = [
-        name
-        for name, module in dit.named_modules()
-        if isinstance(module, nn.Linear)
-        and QUANTIZED.fullmatch(name)
-        and any(name.startswith(prefix) for prefix in running)
-    ]
-    missing = [n for n in names if n not in layers]
-    if missing:
-        raise ArtifactError(
-            f"the calibration has no scales for {len(missing)} layers of budget {budget} "
-            f"(e.g. {missing[0]}); calibrate this model again"
+    quantized = []
+    for i in blocks_for_budget(dit.cfg.num_blocks, budget):
+        block, p = dit.blocks[i], f"blocks.{i}."
+        assert isinstance(block.attn, FusedAttention) and isinstance(block.ffn, FusedSwiGLU), (
+            "quantize_dit expects the fused DiT of export.spec.export_model"
         )
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = dit.get_submodule(parent_name)
-        setattr(parent, child, QDQLinear(getattr(parent, child), layers[name], precision))
-    return names
+        needed = [
+            p + n for n in ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w3", "ffn.w2")
+        ]
+        missing = [n for n in needed if n not in layers]
+        if missing:
+            raise ArtifactError(
+                f"the calibration has no scales for {len(missing)} layers of budget {budget} "
+                f"(e.g. {missing[0]}); calibrate this model again"
+            )
+        q, k, v, o, w1, w3, w2 = (layers[n] for n in needed)
+        block.attn = QDQFusedAttention(block.attn, q, k, v, o, precision)
+        w13, _ = fused_scales([w1, w3], block.ffn.w13.weight.detach().float(), precision)
+        block.ffn.w13 = QDQLinear(block.ffn.w13, w13, precision)
+        block.ffn.w2 = QDQLinear(block.ffn.w2, w2, precision)
+        quantized += [p + n for n in ("attn.qkv", "attn.o", "ffn.w13", "ffn.w2")]
+    return quantized
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -175,9 +275,7 @@ def quantized_dit_spec(
             f"the calibration is of config {calibration.config_hash[:12]}, the model is "
             f"{model.config.name} ({model.config.config_hash()[:12]}); calibrate this model"
         )
-    clone = Presto(model.config)
-    clone.load_state_dict(model.state_dict())
-    clone = clone.float().eval()
+    clone = export_model(model, "fp32")  # a copy with export/'s fused projections
     names = quantize_dit(clone.dit, budget, calibration.layers(budget), calibration.precision)
     spec = dit_spec(clone, "fp32", batch, frames or model.config.max_frames, budget)
     return dataclasses.replace(spec, precision=calibration.precision), names

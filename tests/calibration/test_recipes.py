@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from calibration.qdq import QDQLinear
+from calibration.qdq import QDQLinear, fused_scales
 from calibration.recipes import quantize_with_modelopt, read_scales
 
 
@@ -41,3 +41,22 @@ def test_qdq_linear_reproduces_modelopts_fake_quantized_linear(modelopt, precisi
             assert torch.allclose(got, want, rtol=0, atol=1e-4), (got - want).abs().max()
             unquantized = linear(x)
             assert (got - unquantized).abs().max() > 1e-4  # the module does quantize
+
+
+def test_fused_scales_of_one_layer_are_modelopts_own(modelopt):
+    """`fused_scales` applies ModelOpt's SmoothQuant formula to the recorded per-channel ranges, so
+    for a GEMM of one member it must give back what ModelOpt computed for that layer."""
+    g = torch.Generator().manual_seed(1)
+    linear = nn.Linear(32, 16, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(16, 32, generator=g) / 32**0.5)
+    gain = torch.ones(32)
+    gain[5] = 30.0
+    data = [gain * torch.randn(8, 32, generator=g) for _ in range(3)]
+    model = nn.Sequential(copy.deepcopy(linear)).eval()
+    quantize_with_modelopt(model, lambda m: [m(x) for x in data], "int8")
+    theirs = read_scales(model, "int8")["0"]
+    ours, channel_amax = fused_scales([theirs], linear.weight.detach(), "int8")
+    assert torch.equal(channel_amax, theirs.input_channel_amax)
+    for field in ("smooth", "input_amax", "weight_amax"):
+        assert torch.allclose(getattr(ours, field), getattr(theirs, field), rtol=1e-5), field
