@@ -160,25 +160,22 @@ def shared_smoothing(channel_amax: Tensor, weight: Tensor) -> Tensor:
     return s.clamp(*SMOOTH_RANGE)
 
 
-def fused_scales(
-    members: list[LayerScales], weight: Tensor, precision: str
-) -> tuple[LayerScales, Tensor]:
+def fused_scales(members: list[LayerScales], weight: Tensor, precision: str) -> LayerScales:
     """Scales for one GEMM that fuses Linears reading the same input, weight = [W_a; W_b; ...]:
-    (N, K) unsmoothed. Returns (scales, per-channel input amax (K,)). fp8: the largest of the
-    members' amaxes; int8: a shared smoothing from the members' per-channel input ranges."""
+    (N, K) unsmoothed. fp8: the largest of the members' amaxes; int8: a shared smoothing from the
+    members' per-channel input ranges (whose maximum becomes input_channel_amax)."""
     if precision == "fp8":
         amax = torch.stack([m.input_amax for m in members]).amax()
         weight_amax = torch.stack([m.weight_amax for m in members]).amax()
-        return LayerScales(input_amax=amax, weight_amax=weight_amax), amax
+        return LayerScales(input_amax=amax, weight_amax=weight_amax)
     channel_amax = torch.stack([m.input_channel_amax for m in members]).amax(dim=0)  # (K,)
     smooth = shared_smoothing(channel_amax, weight)
-    scales = LayerScales(
+    return LayerScales(
         input_amax=(channel_amax * smooth).amax(),
         weight_amax=(weight / smooth[None, :]).abs().amax(dim=1),  # (N,)
         smooth=smooth,
         input_channel_amax=channel_amax,
     )
-    return scales, channel_amax
 
 
 class QDQFusedAttention(nn.Module):
@@ -187,13 +184,18 @@ class QDQFusedAttention(nn.Module):
     and the text tokens each have their own input scale."""
 
     def __init__(
-        self, attn: FusedAttention, q: LayerScales, k: LayerScales, v: LayerScales,
-        o: LayerScales, precision: str,
-    ) -> None:  # fmt: skip
+        self,
+        attn: FusedAttention,
+        q: LayerScales,
+        k: LayerScales,
+        v: LayerScales,
+        o: LayerScales,
+        precision: str,
+    ) -> None:
         super().__init__()
         self.num_heads, self.width = attn.num_heads, attn.width
         weight = attn.qkv.weight.detach().float()  # (3D, D)
-        qkv, _ = fused_scales([q, k, v], weight, precision)
+        qkv = fused_scales([q, k, v], weight, precision)
         self.qkv = QDQLinear(attn.qkv, dataclasses.replace(qkv, input_amax=q.input_amax), precision)
         # q reads the audio tokens alone, k and v read [audio; text]: k's range bounds the text.
         if precision == "int8":
@@ -248,7 +250,7 @@ def quantize_dit(
             )
         q, k, v, o, w1, w3, w2 = (layers[n] for n in needed)
         block.attn = QDQFusedAttention(block.attn, q, k, v, o, precision)
-        w13, _ = fused_scales([w1, w3], block.ffn.w13.weight.detach().float(), precision)
+        w13 = fused_scales([w1, w3], block.ffn.w13.weight.detach().float(), precision)
         block.ffn.w13 = QDQLinear(block.ffn.w13, w13, precision)
         block.ffn.w2 = QDQLinear(block.ffn.w2, w2, precision)
         quantized += [p + n for n in ("attn.qkv", "attn.o", "ffn.w13", "ffn.w2")]
