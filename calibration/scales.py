@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -122,6 +123,8 @@ def save_calibration(out: Path, calibration: Calibration, summary: dict) -> Path
     check_out_dir(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     old = out.with_name(f".{out.name}.old")
+    umask = os.umask(0)  # read it (the only way) and put it back at once
+    os.umask(umask)
     try:
         scales_path = tmp / SCALES_FILE
         meta = {"format": FORMAT, "precision": calibration.precision}
@@ -136,6 +139,10 @@ def save_calibration(out: Path, calibration: Calibration, summary: dict) -> Path
             "scales_sha256": sha256_file(scales_path),
         }
         (tmp / SUMMARY_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        # mkdtemp makes a 0700 folder (and safetensors a 0600 file): give them the modes a plain
+        # mkdir and open would, so that other users of a shared artifacts folder can read them.
+        os.chmod(tmp, 0o777 & ~umask)
+        os.chmod(scales_path, 0o666 & ~umask)
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             out.rename(old)

@@ -6,7 +6,9 @@ Run: python -m pytest tests/calibration/test_calibrate.py
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,10 @@ from presto_ref.presets import PRESETS
 def test_calibration_writes_scales_and_a_summary_with_their_hash(calibrations, precision):
     out = calibrations[precision]
     assert sorted(p.name for p in out.iterdir()) == sorted([SCALES_FILE, SUMMARY_FILE])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+    assert stat.S_IMODE((out / SCALES_FILE).stat().st_mode) == 0o666 & ~umask
     doc = json.loads((out / SUMMARY_FILE).read_text())
     assert doc["scales_sha256"] == sha256_file(out / SCALES_FILE)
     assert doc["precision"] == precision
