@@ -140,3 +140,20 @@ def test_a_failed_write_leaves_the_earlier_calibration_and_no_temporary_folder(
         scales.save_calibration(earlier, replacement, {})
     assert [p.name for p in tmp_path.iterdir()] == ["calib"]
     assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+
+
+def test_a_checkpoint_is_calibrated_like_its_preset(modelopt, tmp_path, capsys):
+    from presto_ref.checkpoint import random_model, save_checkpoint
+
+    checkpoint = save_checkpoint(random_model("tiny", seed=3), tmp_path / "ckpt")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a comment line is skipped\nwarm cello drone\n")
+    out = tmp_path / "calib"
+    argv = ["--checkpoint", str(checkpoint), "--precision", "fp8", "--duration-s", "0.5"]
+    argv += ["--prompts", str(prompts), "--seeds", "1", "-o", str(out), "-q"]
+    assert main(argv) == 0
+    doc = json.loads((out / SUMMARY_FILE).read_text())
+    assert doc["checkpoint"] == str(checkpoint) and "preset" not in doc
+    assert doc["prompts"] == ["warm cello drone"] and doc["seeds"] == [0]
+    assert doc["config_hash"] == PRESETS["tiny"].config_hash()
+    assert json.loads(capsys.readouterr().out)["scales_sha256"] == doc["scales_sha256"]
