@@ -49,7 +49,6 @@ from export.onnx_export import PROTOBUF_LIMIT_BYTES, TREESPEC_WARNING, parameter
 from export.spec import ExportSpec, dit_spec, export_model
 from presto_common.errors import ArtifactError, ConfigError, EngineBuildError
 from presto_ref.dit import DiT, blocks_for_budget
-from presto_ref.layers import apply_rotary
 from presto_ref.pipeline import Presto
 
 INT8_MAX = 127.0  # symmetric int8: scale = amax / 127, zero point 0 (TensorRT's convention)
@@ -123,20 +122,23 @@ class QDQLinear(nn.Module):
         if smooth is not None:
             weight = weight / smooth[None, :]  # (N, K)
         self.input = QDQInput(scales.input_amax, smooth, precision)
-        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.smoothed_weight = nn.Parameter(weight, requires_grad=False)  # W / smooth: (N, K)
         self.bias = linear.bias
         weight_scale = scales.weight_amax.float().clamp(min=MIN_AMAX) / qmax
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("weight_zero_point", torch.zeros(weight_scale.shape, dtype=zp_dtype))
 
-    def quantized_weight(self) -> Tensor:
-        """DQ(Q(W / smooth)): (N, K), per output channel for int8."""
+    @property
+    def weight(self) -> Tensor:
+        """DQ(Q(W / smooth)): (N, K), per output channel for int8. Code that multiplies by a
+        Linear's `.weight` itself (export/fuse.py's text GEMM) thus gets the quantized weight; its
+        input must then be DQ(Q(x * smooth)) too."""
         return torch.ops.presto_calibration.fake_quant(
-            self.weight, self.weight_scale, self.weight_zero_point, 0
+            self.smoothed_weight, self.weight_scale, self.weight_zero_point, 0
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.input(x), self.quantized_weight(), self.bias)
+        return F.linear(self.input(x), self.weight, self.bias)
 
 
 def quant_format(precision: str) -> tuple[float, torch.dtype]:
@@ -179,9 +181,10 @@ def fused_scales(members: list[LayerScales], weight: Tensor, precision: str) -> 
 
 
 class QDQFusedAttention(nn.Module):
-    """export.fuse.FusedAttention with both of its GEMMs quantized: [q|k|v] over the audio tokens
-    and the [k|v] rows over the text tokens share one smoothed, quantized weight (3D, D); the audio
-    and the text tokens each have their own input scale."""
+    """export.fuse.FusedAttention with both of its GEMMs quantized, run by its own forward (so the
+    attention itself stays whatever export/ makes it): [q|k|v] over the audio tokens and the [k|v]
+    rows over the text tokens share one smoothed, quantized weight (3D, D); the audio and the text
+    tokens each have their own input scale."""
 
     def __init__(
         self,
@@ -192,36 +195,27 @@ class QDQFusedAttention(nn.Module):
         o: LayerScales,
         precision: str,
     ) -> None:
+        """Takes over `attn` (its qkv and o are replaced in place)."""
         super().__init__()
-        self.num_heads, self.width = attn.num_heads, attn.width
-        weight = attn.qkv.weight.detach().float()  # (3D, D)
-        qkv = fused_scales([q, k, v], weight, precision)
-        self.qkv = QDQLinear(attn.qkv, dataclasses.replace(qkv, input_amax=q.input_amax), precision)
+        qkv = fused_scales([q, k, v], attn.qkv.weight.detach().float(), precision)  # (3D, D)
         # q reads the audio tokens alone, k and v read [audio; text]: k's range bounds the text.
         if precision == "int8":
             audio_amax = (q.input_channel_amax * qkv.smooth).amax()
             text_amax = (k.input_channel_amax * qkv.smooth).amax()
-            self.qkv.input = QDQInput(audio_amax, qkv.smooth, precision)
         else:
-            text_amax = k.input_amax
+            audio_amax, text_amax = q.input_amax, k.input_amax
+        attn.qkv = QDQLinear(attn.qkv, dataclasses.replace(qkv, input_amax=audio_amax), precision)
+        attn.o = QDQLinear(attn.o, o, precision)
+        self.attention = attn
         self.text_input = QDQInput(text_amax, qkv.smooth, precision)
-        self.o = QDQLinear(attn.o, o, precision)
 
     def forward(self, a: Tensor, text: Tensor, angles: Tensor, key_mask: Tensor) -> Tensor:
-        """a: (B, T, D) audio, text: (B, S, D), angles: (T, d/2), key_mask: (B, 1, 1, T + S) bool."""
-        B, T, D = a.shape
+        """a: (B, T, D) audio, text: (B, S, D), angles: (T, d/2), key_mask: (B, 1, 1, T + S) bool.
 
-        def heads(t: Tensor) -> Tensor:  # (B, L, D) -> (B, H, L, d)
-            return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-
-        q, k_a, v_a = self.qkv(a).split(D, dim=-1)  # (B, T, D) each
-        w_kv = self.qkv.quantized_weight()[D:]  # (2D, D), the same Q/DQ as the audio GEMM's
-        k_t, v_t = F.linear(self.text_input(text), w_kv).split(D, dim=-1)  # (B, S, D) each
-        q = apply_rotary(heads(q), angles)
-        k = torch.cat([apply_rotary(heads(k_a), angles), heads(k_t)], dim=2)  # text unrotated
-        v = heads(torch.cat([v_a, v_t], dim=1))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, T, d)
-        return self.o(out.transpose(1, 2).flatten(2))
+        FusedAttention multiplies the text by `qkv.weight[D:]`, which QDQLinear returns as the
+        quantized smoothed weight, so the text goes in as DQ(Q(text * smooth)).
+        """
+        return self.attention(a, self.text_input(text), angles, key_mask)
 
 
 def quantize_dit(
