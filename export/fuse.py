@@ -9,8 +9,7 @@ apart at 135 TFLOP/s against 198 for one [q|k|v] GEMM, and w1, w3 apart at 314 a
 - SwiGLU: one GEMM with W_13 = [W_1; W_3], split into the gate and the up projection.
 
 Each output element is the same dot product as in the reference, so fp32 results agree to float
-rounding (tests/export/test_fuse.py). The fused attention also drops the mask input of its SDPA call
-(export/attention.py: the text padding folded into one more head channel, head 72 -> 80).
+rounding (tests/export/test_fuse.py).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.attention import attention_without_mask
 from presto_ref.dit import Attention, DiT, SwiGLU
 from presto_ref.layers import apply_rotary
 
@@ -48,7 +46,7 @@ class FusedAttention(nn.Module):
         q = apply_rotary(heads(q), angles)
         k = torch.cat([apply_rotary(heads(k_a), angles), heads(k_t)], dim=2)  # text unrotated
         v = heads(torch.cat([v_a, v_t], dim=1))
-        out = attention_without_mask(q, k, v, key_mask)  # (B, H, T, d); export/attention.py
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, T, d)
         return self.o(out.transpose(1, 2).flatten(2))
 
 
