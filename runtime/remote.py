@@ -13,6 +13,7 @@ gRPC stub are not meant to be shared between threads, so each thread makes its o
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 import uuid
@@ -242,6 +243,8 @@ class Client:
             raise self.timed_out() from None
         except OSError as err:  # refused, unknown host
             raise self.unreachable(err.strerror or str(err) or type(err).__name__) from None
+        except http.client.HTTPException as err:  # HTTP: the server closed the connection midway
+            raise self.unreachable(f"{type(err).__name__}: {err}".rstrip(": ")) from None
         except self._triton.InferenceServerException as err:
             raise self.server_error(err) from None
 

@@ -242,3 +242,27 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(served):
     workspace = re.search(r"--model-repository=(\S+)/models", log_path.read_text())
     assert workspace and not os.path.exists(workspace.group(1))
     assert Path(workspace.group(1)).name.startswith("presto-serve-")
+
+
+def test_a_killed_launcher_takes_the_server_with_it(build, tmp_path):
+    """SIGKILL of `runtime.serve` (no chance to clean up): tritonserver gets SIGTERM and exits."""
+    try:
+        TritonDist.find()
+    except BackendUnavailable as err:
+        pytest.skip(f"Triton Inference Server is not installed here: {err}")
+    http, grpc, metrics = _free_ports(3)
+    command = [
+        sys.executable, "-m", "runtime.serve", "--engines", str(build), "--cpu",
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+    ]  # fmt: skip
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    Client(f"127.0.0.1:{http}").wait_ready(240)
+    launcher.kill()
+    launcher.wait()
+    client = Client(f"127.0.0.1:{http}", timeout_s=5)
+    deadline = time.monotonic() + 90  # Triton's shutdown: unload the model, stop the services
+    while client.is_ready() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not client.is_ready(), log_path.read_text()[-2000:]
