@@ -281,10 +281,22 @@ class Client:
             name, handle, _ = self._region
             self._region = None
             try:
-                self._call(self._client.unregister_system_shared_memory, name)
+                self._unregister(name)
             finally:
                 shm.destroy_shared_memory_region(handle)
         self._client.close()
+
+    def _unregister(self, name: str, wait_s: float = 2.0) -> None:
+        """Unregister region `name`. Triton releases a response's hold on its output region a
+        moment after the client has it (seen over gRPC: "it is currently in use"), so retry."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._call(self._client.unregister_system_shared_memory, name)
+            except ServerError as err:
+                if "currently in use" not in str(err) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
 
     def __enter__(self) -> Client:
         return self

@@ -8,6 +8,7 @@ runtime.serve's tests.
 
 from __future__ import annotations
 
+import functools
 import socket
 import subprocess
 import sys
@@ -234,3 +235,39 @@ def test_cli_non_finite_audio_writes_nothing(tmp_path: Path, monkeypatch) -> Non
         client_cli.main(["lofi", "--url", "h:8000", "--mono", "-o", str(tmp_path / "o.wav")]) == 1
     )
     assert list(tmp_path.iterdir()) == []
+
+
+class _Unregistering:
+    """A tritonclient stand-in whose unregister says "in use" `busy` times before it succeeds."""
+
+    def __init__(self, busy: int) -> None:
+        self.busy, self.calls = busy, 0
+
+    def unregister_system_shared_memory(self, name):
+        import tritonclient.http as httpclient
+
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise httpclient.InferenceServerException(
+                f"Cannot unregister shared memory region '{name}', it is currently in use."
+            )
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("busy, ok", [(3, True), (10**6, False)])
+def test_close_waits_for_triton_to_release_the_region(busy, ok):
+    import tritonclient.utils.shared_memory as shm
+
+    client = Client("localhost:1")
+    handle = shm.create_shared_memory_region("presto-test", "/presto-test-close", 64)
+    client._region, client._client = ("presto-test", handle, 64), _Unregistering(busy)
+    if ok:
+        client.close()
+        assert client._client.calls == busy + 1
+    else:
+        client._unregister = functools.partial(client._unregister, wait_s=0.1)
+        with pytest.raises(ServerError, match="currently in use"):
+            client.close()
+    assert client._region is None  # the local region is freed either way
