@@ -30,11 +30,7 @@ is needed for the float8e4m3fn zero point (QuantizeLinear-19).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +41,9 @@ from torch import Tensor, nn
 from calibration.recipes import SMOOTHQUANT_ALPHA
 from calibration.scales import PRECISIONS, Calibration, LayerScales
 from export.fuse import FusedAttention, FusedSwiGLU
-from export.onnx_export import PROTOBUF_LIMIT_BYTES, TREESPEC_WARNING, parameter_bytes
+from export.onnx_export import export_onnx
 from export.spec import ExportSpec, dit_spec, export_model
-from presto_common.errors import ArtifactError, ConfigError, EngineBuildError
+from presto_common.errors import ArtifactError, ConfigError
 from presto_ref.dit import DiT, blocks_for_budget
 from presto_ref.pipeline import Presto
 
@@ -290,44 +286,7 @@ def export_quantized_dit(
 
     batch: rows of a DiT call; frames: latent frames (default the model's maximum).
     """
-    import onnx
-
     spec, names = quantized_dit_spec(model, budget, calibration, batch, frames)
-    path = Path(path)
-    external = parameter_bytes(spec.module) > PROTOBUF_LIMIT_BYTES  # paper scale: 2.7 GB fp32
-    tmp_dir = path.parent / f".{path.name}.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    try:
-        raw = tmp_dir / path.name
-        with (
-            torch.no_grad(),
-            contextlib.redirect_stdout(io.StringIO()),
-            warnings.catch_warnings(),
-        ):
-            warnings.filterwarnings("ignore", TREESPEC_WARNING, FutureWarning)
-            try:
-                torch.onnx.export(
-                    spec.module.eval(),
-                    spec.sample_inputs(),
-                    str(raw),
-                    dynamo=True,
-                    opset_version=OPSET,
-                    input_names=[t.name for t in spec.inputs],
-                    output_names=[t.name for t in spec.outputs],
-                    external_data=external,
-                    optimize=True,
-                    custom_translation_table={
-                        torch.ops.presto_calibration.fake_quant.default: fake_quant_onnx
-                    },
-                )
-            except Exception as err:  # the exporter raises many types; keep the cause chained
-                raise EngineBuildError(f"ONNX export of {spec.name} failed: {err}") from err
-        onnx.checker.check_model(str(raw))
-        # The graph last, so a present .onnx always has its external data (<name>.onnx.data).
-        for data in tmp_dir.glob("*.data"):
-            data.replace(path.with_name(data.name))
-        raw.replace(path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return QDQExport(path, spec, tuple(names))
+    table = {torch.ops.presto_calibration.fake_quant.default: fake_quant_onnx}
+    export_onnx(spec, Path(path), opset=OPSET, custom_translation_table=table)
+    return QDQExport(Path(path), spec, tuple(names))

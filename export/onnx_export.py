@@ -43,8 +43,17 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def export_onnx(spec: ExportSpec, path: Path, opset: int = OPSET) -> OnnxExport:
-    """Export `spec` to `path` (a .onnx file); returns what was written."""
+def export_onnx(
+    spec: ExportSpec,
+    path: Path,
+    opset: int = OPSET,
+    custom_translation_table: dict | None = None,
+) -> OnnxExport:
+    """Export `spec` to `path` (a .onnx file); returns what was written.
+
+    custom_translation_table: {torch op: ONNX function} for custom ops in the module, passed to
+    torch.onnx's dynamo exporter (calibration.qdq's fake quantization becomes Q/DQ this way).
+    """
     import onnx
     import onnx_graphsurgeon as gs
     from polygraphy.backend.onnx import fold_constants
@@ -77,6 +86,7 @@ def export_onnx(spec: ExportSpec, path: Path, opset: int = OPSET) -> OnnxExport:
                     external_data=external,
                     optimize=True,
                     verbose=False,
+                    custom_translation_table=custom_translation_table,
                 )
             except Exception as err:  # the exporter raises many types; keep the cause chained
                 raise EngineBuildError(f"ONNX export of {spec.name} failed: {err}") from err
