@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from presto_common.cli import add_logging_flags, check_device, run_main, setup_logging
+from presto_common.cli import add_logging_flags, run_main, setup_logging
 from presto_common.errors import InputError, ServerError
 from runtime.catalog import Catalog
 from runtime.manifest import Manifest
@@ -115,8 +115,13 @@ def _gpus(args: argparse.Namespace) -> tuple[int, ...]:
         raise InputError(
             f"--gpus {args.gpus!r} is not a list of GPU indices; e.g. --gpus 0,1"
         ) from None
-    for g in gpus:
-        check_device(f"cuda:{g}")
+    bad = [g for g in gpus if not 0 <= g < count]
+    if bad:
+        have = f"GPUs 0..{count - 1}" if count else "no CUDA GPU"
+        raise InputError(
+            f"--gpus {args.gpus} names {bad}, but this machine has {have}; "
+            + ("pass indices in that range" if count else "serve on the CPU with --cpu")
+        )
     if len(set(gpus)) != len(gpus):
         raise InputError(f"--gpus {args.gpus} names a GPU twice; name each once")
     return gpus

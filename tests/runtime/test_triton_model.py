@@ -85,3 +85,28 @@ def test_model_py_puts_the_paths_first():
     finally:
         sys.path[:] = saved
 
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--gpus", "0"], "serve on the CPU with --cpu"),
+        (["--gpus", "0,x"], "not a list of GPU indices"),
+        (["--cpu", "--gpus", "0"], "contradict"),
+        (["--cpu", "--http-port", "0"], "not a TCP port"),
+        (["--cpu", "--grpc-port", "8000"], "must differ"),
+        (["--cpu", "--max-queue-delay-ms", "-1"], "must be >= 0"),
+    ],
+)
+def test_serve_refuses_bad_flags_before_starting_anything(build, capsys, flags, fragment):
+    from runtime.serve import main
+
+    assert main(["--engines", str(build), *flags]) == 1
+    assert fragment in capsys.readouterr().err
+
+
+def test_serve_settings_come_from_the_build(build):
+    from runtime.serve import build_parser, settings_for
+
+    settings = settings_for(build_parser().parse_args(["--engines", str(build), "--cpu"]))
+    assert settings.gpus == () and settings.preferred_batches == (1, 2)
+    assert settings.max_batch == 2 and settings.engines == build.resolve()
