@@ -24,6 +24,8 @@
 #   STEPS="wait bench load1" bash scripts/serve_round.sh       # next call, while the machine is warm
 #   STEPS="load2" bash scripts/serve_round.sh
 #
+# Everything but steps.txt is packed into $OUT/round.tgz at the end (the device tool returns at
+# most 8 files a call; the first two-GPU load run lost its JSON files to that limit).
 # STEPS: install  numpy 1.26.4 into python3's own environment (the backend stub reads it from
 #                 there), the rest into $WORK/site
 #        build    export.build presto-ls, torch, cuda, bf16, --batch-sizes $BATCHES, in the background
@@ -136,4 +138,7 @@ for step in $STEPS; do
 done
 cp "$WORK/build.log" "$OUT/" 2> /dev/null
 for step in $STEPS; do echo "$step: exit ${STATUS[$step]}"; done | tee "$OUT/steps.txt"
+# The device tool brings back at most 8 files a call (a load step alone writes 4): pack the rest.
+(cd "$OUT" && find . -maxdepth 1 -type f ! -name steps.txt ! -name round.tgz -printf '%f\n' |
+  tar czf round.tgz -T - --remove-files)
 if grep -q -v ": exit 0$" "$OUT/steps.txt"; then exit 1; fi
