@@ -26,14 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from presto_common.cli import add_logging_flags, run_main, setup_logging
 from presto_common.errors import InputError, ServerError
 from runtime.catalog import Catalog
 from runtime.manifest import Manifest
+from runtime.remote import Client
 from runtime.triton_repo import (
     MODEL_NAME,
     ModelSettings,
@@ -165,15 +164,6 @@ def settings_for(args: argparse.Namespace) -> ModelSettings:
     )
 
 
-def _ready(port: int) -> bool:
-    url = f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/ready"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as reply:
-            return reply.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it when this process dies, however it dies (Linux
     prctl PR_SET_PDEATHSIG), so a killed `runtime.serve` never leaves a server holding the GPUs
@@ -222,19 +212,20 @@ class Server:
     def wait_ready(self) -> None:
         """Block until the model is ready; ServerError if the server exits or the time runs out."""
         deadline = time.monotonic() + self.args.ready_timeout_s
-        while not _ready(self.args.http_port):
-            code = self.process.poll()
-            if code is not None:
-                raise ServerError(
-                    f"tritonserver exited with code {code} before the {MODEL_NAME} model was "
-                    "ready; its log above says why (a port in use, or the model failing to load)"
-                )
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"the {MODEL_NAME} model was not ready after --ready-timeout-s "
-                    f"{self.args.ready_timeout_s:g}; raise it for large builds"
-                )
-            time.sleep(0.5)
+        with Client(f"127.0.0.1:{self.args.http_port}", timeout_s=2) as client:
+            while not client.is_ready():
+                code = self.process.poll()
+                if code is not None:
+                    raise ServerError(
+                        f"tritonserver exited with code {code} before the {MODEL_NAME} model was "
+                        "ready; its log above says why (a port in use, or the model failing to load)"
+                    )
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"the {MODEL_NAME} model was not ready after --ready-timeout-s "
+                        f"{self.args.ready_timeout_s:g}; raise it for large builds"
+                    )
+                time.sleep(0.5)
 
     def stop(self) -> int:
         """SIGTERM the server (it finishes the requests in flight), wait, remove the workspace."""

@@ -103,12 +103,13 @@ def group_rows(parsed: list[Parsed | None]) -> dict[tuple[int, bool], list[int]]
 def run_groups(pipe: Pipeline, parsed: list[Parsed | None]) -> dict[int, np.ndarray | PrestoError]:
     """Generate every good request: {request index: audio (n, C, T) float32, or the error of its
     group}. A group is packed into the build's buckets by `Pipeline.generate_takes`."""
-    hop, sr = pipe.manifest.hop_length, pipe.manifest.sample_rate
     out: dict[int, np.ndarray | PrestoError] = {}
     for (frames, stereo), members in group_rows(parsed).items():
         takes = [t for i in members for t in parsed[i].takes]
         try:
-            audio = pipe.generate_takes(takes, duration_s=frames * hop / sr, stereo=stereo)
+            audio = pipe.generate_takes(
+                takes, duration_s=pipe.catalog.seconds(frames), stereo=stereo
+            )
         except PrestoError as err:  # e.g. NaN from a build's precision: this group's requests fail
             out.update({i: err for i in members})
             continue

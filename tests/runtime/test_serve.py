@@ -41,19 +41,17 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="module")
-def served(build, tmp_path_factory):
-    """(process, http url, grpc url, metrics url, log path) of a server on the tiny build."""
+def _start_server(build, log_path, *extra: str):
+    """`python -m runtime.serve` on `build` on the CPU, once ready: (process, http, grpc, metrics
+    urls). Skips where Triton is not installed; fails with the server's log if it does not start."""
     try:
         TritonDist.find()
     except BackendUnavailable as err:
         pytest.skip(f"Triton Inference Server is not installed here: {err}")
     http, grpc, metrics = _free_ports(3)
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
     command = [
         sys.executable, "-m", "runtime.serve", "--engines", str(build), "--cpu",
-        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-        "--max-batch", "32", "--max-queue-delay-ms", "20", "--exit-timeout-s", "60",
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra,
     ]  # fmt: skip
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -62,7 +60,16 @@ def served(build, tmp_path_factory):
     except ServerError:
         process.kill()
         pytest.fail(f"the server did not start:\n{log_path.read_text()[-4000:]}")
-    yield process, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}", log_path
+    return process, *(f"127.0.0.1:{port}" for port in (http, grpc, metrics))
+
+
+@pytest.fixture(scope="module")
+def served(build, tmp_path_factory):
+    """(process, http url, grpc url, metrics url, log path) of a server on the tiny build."""
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    extra = ("--max-batch", "32", "--max-queue-delay-ms", "20", "--exit-timeout-s", "60")
+    process, http, grpc, metrics = _start_server(build, log_path, *extra)
+    yield process, http, grpc, metrics, log_path
     if process.poll() is None:
         process.kill()
         process.wait()
@@ -246,22 +253,11 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(served):
 
 def test_a_killed_launcher_takes_the_server_with_it(build, tmp_path):
     """SIGKILL of `runtime.serve` (no chance to clean up): tritonserver gets SIGTERM and exits."""
-    try:
-        TritonDist.find()
-    except BackendUnavailable as err:
-        pytest.skip(f"Triton Inference Server is not installed here: {err}")
-    http, grpc, metrics = _free_ports(3)
-    command = [
-        sys.executable, "-m", "runtime.serve", "--engines", str(build), "--cpu",
-        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-    ]  # fmt: skip
     log_path = tmp_path / "server.log"
-    with open(log_path, "w") as log:
-        launcher = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    Client(f"127.0.0.1:{http}").wait_ready(240)
+    launcher, http, _, _ = _start_server(build, log_path)
     launcher.kill()
     launcher.wait()
-    client = Client(f"127.0.0.1:{http}", timeout_s=5)
+    client = Client(http, timeout_s=5)
     deadline = time.monotonic() + 90  # Triton's shutdown: unload the model, stop the services
     while client.is_ready() and time.monotonic() < deadline:
         time.sleep(0.5)
