@@ -1,10 +1,11 @@
 """Closed-loop load test of a running `python -m runtime.serve` server.
 
---concurrency N worker threads, each with its own runtime.Client, send requests back to back (one
-take each, a new seed every request) for --duration-s seconds, after one probe request and
---warmup-s seconds of the same load that are not counted. A request counts when it starts inside
-the measured window; every counted request is waited for, so the measured wall time runs from the
-window's start to the last counted answer.
+--concurrency N workers, each with its own runtime.Client, send requests back to back (one take
+each, a new seed every request) for --duration-s seconds, after one probe request and --warmup-s
+seconds of the same load that are not counted. The workers are threads spread over --processes
+client processes (benchmarks/load.py says why one process cannot load a large server). A request
+counts when it starts inside the measured window; every counted request is waited for, so the
+measured wall time runs from the window's start to the last counted answer.
 
 Reported: latency p50/p90/p99 (ms, nearest rank, successful requests only), requests, errors (count
 and the first distinct messages), throughput in seconds of audio per wall second and in successful
@@ -15,8 +16,8 @@ exits 1.
 
 The last stdout line is one JSON document; --json PATH writes it too:
     {command, config, started_at, finished_at, server: {server, model}, metrics_url,
-     gpu_memory: {start, end}, environment, concurrency, duration_s, warmup_s, wall_s, requests,
-     ok, errors, error_messages, latency_ms: {p50, p90, p99, min, max, mean}, audio_s_per_request,
+     gpu_memory: {start, end}, environment, processes, concurrency, duration_s, warmup_s, wall_s,
+     requests, ok, errors, error_messages, latency_ms: {p50, p90, p99, min, max, mean}, audio_s_per_request,
      throughput_audio_s_per_s, requests_per_s, warmup_requests, server_time: {inferences,
      executions, rows_per_execution, execution_rows, ms_per_request: {queue, compute_input,
      compute_infer, compute_output}}}
@@ -36,25 +37,23 @@ examples:
 from __future__ import annotations
 
 import argparse
-import itertools
+import functools
 import json
 import logging
+import os
 import re
-import statistics
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
 from benchmarks.environment import host_environment
-from benchmarks.measure import MIB, percentile
+from benchmarks.load import run_load
+from benchmarks.measure import MIB
 from benchmarks.report import write_json
 from presto_common.cli import add_logging_flags, check_json_output, run_main, setup_logging
 from presto_common.errors import ServerError
@@ -64,7 +63,6 @@ log = logging.getLogger("benchmarks.serve")
 
 METRICS_PORT = 8002  # Triton's default metrics port, as `python -m runtime.serve` uses
 GPU_USED, GPU_TOTAL = "nv_gpu_memory_used_bytes", "nv_gpu_memory_total_bytes"
-MAX_ERROR_MESSAGES = 5  # distinct error messages kept in the report
 # One Prometheus text sample: name, optional {labels}, value (an optional timestamp follows).
 _SAMPLE = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
@@ -110,129 +108,6 @@ def read_gpu_memory(metrics_url: str, timeout_s: float = 10.0) -> dict[str, Any]
         reason = f"{address} could not be read ({getattr(err, 'reason', err)}); pass --metrics-url"
         log.warning("GPU memory not reported: %s", reason)
         return {"used_mib": None, "total_mib": None, "gpus": 0, "reason": reason}
-
-
-# --- the load ---------------------------------------------------------------------------------------
-
-
-def run_load(
-    make_client: Callable[[], Any],
-    concurrency: int,
-    duration_s: float,
-    warmup_s: float = 5.0,
-    prompt: str = "warm lofi piano",
-    audio_s: float | None = None,
-    mono: bool = False,
-) -> dict[str, Any]:
-    """Drive `concurrency` threads, each with its own make_client(), for warmup_s then duration_s
-    seconds; the counts, latencies (ms) and throughputs of the requests started in the window.
-
-    A client needs generate(prompt, seed, duration_s=, mono=) -> (audio (C, T), sample_rate Hz),
-    raising ServerError for a failed request, and may have close(). A probe request goes first
-    and its ServerError is raised: a load of refused requests measures nothing. Any other
-    exception in a worker stops the load and is raised here.
-    """
-    seeds, seed_lock = itertools.count(), threading.Lock()
-
-    def generate(client: Any) -> tuple[float, str | None]:
-        """One request: (seconds of audio, None) or (0, the error message)."""
-        with seed_lock:
-            seed = next(seeds)
-        try:
-            audio, sample_rate = client.generate(prompt, seed, duration_s=audio_s, mono=mono)
-        except ServerError as err:
-            return 0.0, str(err)
-        return audio.shape[-1] / sample_rate, None
-
-    probe = make_client()
-    try:
-        if (error := generate(probe)[1]) is not None:
-            raise ServerError(error)
-    finally:
-        _close(probe)
-
-    records: list[tuple[float, float, float, str | None]] = []  # start, end, audio_s, error
-    failures: list[BaseException] = []
-    stop = threading.Event()
-    start = time.perf_counter()
-    window_start, window_end = start + warmup_s, start + warmup_s + duration_s
-
-    def worker() -> None:
-        try:
-            client = make_client()
-            try:
-                while not stop.is_set() and (t := time.perf_counter()) < window_end:
-                    seconds, error = generate(client)
-                    records.append((t, time.perf_counter(), seconds, error))  # append is atomic
-            finally:
-                _close(client)
-        except BaseException as err:  # a bug or a bad client: stop everyone, raise it in run_load
-            failures.append(err)
-            stop.set()
-
-    log.info("load: %d threads, %g s warm-up then %g s measured", concurrency, warmup_s, duration_s)
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            thread.join()
-    finally:
-        stop.set()
-    if failures:
-        raise failures[0]
-    return summarize_load(records, window_start, duration_s, concurrency, warmup_s)
-
-
-def _close(client: Any) -> None:
-    if hasattr(client, "close"):
-        client.close()
-
-
-def summarize_load(
-    records: list[tuple[float, float, float, str | None]],
-    window_start: float,
-    duration_s: float,
-    concurrency: int,
-    warmup_s: float,
-) -> dict[str, Any]:
-    """The report of the requests (start, end, audio_s, error) that started in the window
-    [window_start, window_start + duration_s); earlier ones count as warm-up. Times in seconds."""
-    counted = [r for r in records if r[0] >= window_start]
-    ok = [r for r in counted if r[3] is None]
-    failed = Counter(r[3] for r in counted if r[3] is not None)
-    wall_s = max([window_start + duration_s] + [r[1] for r in counted]) - window_start
-    latencies = sorted((end - begin) * 1e3 for begin, end, _, _ in ok)
-    audio_s = sum(r[2] for r in ok)
-    return {
-        "concurrency": concurrency,
-        "duration_s": duration_s,
-        "warmup_s": warmup_s,
-        "wall_s": wall_s,
-        "requests": len(counted),
-        "ok": len(ok),
-        "errors": sum(failed.values()),
-        "error_messages": [
-            {"message": m, "count": n} for m, n in list(failed.items())[:MAX_ERROR_MESSAGES]
-        ],
-        "latency_ms": None
-        if not latencies
-        else {
-            "p50": percentile(latencies, 0.5),
-            "p90": percentile(latencies, 0.9),
-            "p99": percentile(latencies, 0.99),
-            "min": latencies[0],
-            "max": latencies[-1],
-            "mean": statistics.fmean(latencies),
-        },
-        "audio_s_per_request": audio_s / len(ok) if ok else None,
-        "throughput_audio_s_per_s": audio_s / wall_s,
-        "requests_per_s": len(ok) / wall_s,
-        "warmup_requests": len(records) - len(counted),
-    }
-
-
-# --- the report -------------------------------------------------------------------------------------
 
 
 # --- where the server spent the time: Triton's own statistics ---------------------------------------
@@ -319,7 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--url", required=True, metavar="HOST:PORT", help="the server's HTTP or gRPC port")
     add("--protocol", choices=("http", "grpc"), default="http", help="(default: http)")
-    add("--concurrency", type=int, required=True, metavar="N", help="worker threads, >= 1")
+    add("--concurrency", type=int, required=True, metavar="N", help="workers, >= 1")
+    add(
+        "--processes",
+        type=int,
+        metavar="P",
+        help="client processes the workers are spread over (default: min(N, CPU cores))",
+    )
     add("--duration-s", type=float, required=True, metavar="T", help="seconds of measured load")
     add("--warmup-s", type=float, default=5.0, metavar="W", help="uncounted load first (default 5)")
     add("--prompt", default="warm lofi piano", help="the prompt of every request")
@@ -346,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.concurrency < 1:
         p.error(f"--concurrency {args.concurrency} must be >= 1")
+    if args.processes is not None and args.processes < 1:
+        p.error(f"--processes {args.processes} must be >= 1")
+    processes = args.processes or min(args.concurrency, os.cpu_count() or 1)
     if not args.duration_s > 0 or not args.warmup_s >= 0 or not args.timeout_s > 0:
         p.error("--duration-s and --timeout-s must be > 0 seconds, --warmup-s >= 0")
     setup_logging(args)
@@ -362,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         memory_start = read_gpu_memory(metrics_url)
 
-        def make_client() -> Client:
-            return Client(
-                args.url,
-                protocol=args.protocol,
-                timeout_s=args.timeout_s,
-                shared_memory_mib=args.shared_memory_mib,
-            )
+        # a partial, not a closure: client processes unpickle it to make their clients
+        make_client = functools.partial(
+            Client,
+            args.url,
+            protocol=args.protocol,
+            timeout_s=args.timeout_s,
+            shared_memory_mib=args.shared_memory_mib,
+        )
 
         # 2. The load (server statistics around it), then the memory the server holds after it.
         with Client(args.url, protocol=args.protocol, timeout_s=args.timeout_s) as stats:
@@ -381,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             args.prompt,
             args.audio_s,
             args.mono,
+            processes,
         )
         with Client(args.url, protocol=args.protocol, timeout_s=args.timeout_s) as stats:
             after = stats.statistics()
@@ -397,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 **host_environment(),
                 "tritonclient": package_metadata.version("tritonclient"),
             },
+            "processes": processes,
             **result,
             # over the whole run, warm-up included: the server cannot tell the two apart
             "server_time": server_time(before, after),

@@ -6,16 +6,19 @@ that sleeps a few ms and fails every k-th call, and main's exit codes and JSON.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import serve
+from benchmarks import load, serve
 from benchmarks.measure import MIB
 from presto_common.errors import ServerError
 from runtime import Client
@@ -99,7 +102,7 @@ def test_run_load_counts_the_window_and_computes_throughput_from_audio() -> None
             clients.append(FakeClient(k, seeds))
             return clients[-1]
 
-    r = serve.run_load(make_client, concurrency, duration_s=0.4, warmup_s=0.1)
+    r = load.run_load(make_client, concurrency, duration_s=0.4, warmup_s=0.1)
     assert len(clients) == concurrency + 1 and all(c.closed for c in clients)  # + the probe
     assert len(seeds) == len(set(seeds))  # a new seed every request
     total = sum(c.calls for c in clients)
@@ -125,7 +128,7 @@ def test_summarize_load_percentiles_errors_and_throughput() -> None:
         records.append(
             (start, start + (i + 1) / 1e3, 2.0 if i % 10 else 0.0, "no" if i % 10 == 0 else None)
         )
-    r = serve.summarize_load(records, window_start=10.0, duration_s=1.0, concurrency=1, warmup_s=1)
+    r = load.summarize_load(records, window_start=10.0, duration_s=1.0, concurrency=1, warmup_s=1)
     assert (r["requests"], r["ok"], r["errors"], r["warmup_requests"]) == (100, 90, 10, 2)
     assert r["error_messages"] == [{"message": "no", "count": 10}]
     ok_ms = sorted(i + 1 for i in range(100) if i % 10)  # 2..10, 12..20, ...: 90 values
@@ -146,7 +149,7 @@ def test_a_refused_probe_stops_the_load_before_it_starts() -> None:
         return made[-1]
 
     with pytest.raises(ServerError, match="refused call 1n"):
-        serve.run_load(make_client, 4, duration_s=10, warmup_s=10)
+        load.run_load(make_client, 4, duration_s=10, warmup_s=10)
     assert len(made) == 1
 
 
@@ -162,8 +165,43 @@ def test_a_bug_in_a_worker_is_raised_not_counted() -> None:
         return made[-1]
 
     with pytest.raises(KeyError, match="bug"):
-        serve.run_load(make_client, 2, duration_s=5, warmup_s=0)
+        load.run_load(make_client, 2, duration_s=5, warmup_s=0)
     assert len(made) == 3 and all(c.closed for c in made)
+
+
+class FileClient:
+    """Picklable for client processes: answers 0.5 s of audio after SLEEP_S and appends each
+    seed to a file of its own in `folder`."""
+
+    def __init__(self, folder: str, fail_outside_pid: int | None = None) -> None:
+        self.path = Path(folder) / f"seeds-{uuid.uuid4().hex}.txt"
+        self.fail_outside_pid = fail_outside_pid
+
+    def generate(self, prompt, seed, duration_s=None, mono=False):
+        if self.fail_outside_pid not in (None, os.getpid()):
+            raise KeyError(f"bug in process {os.getpid()}")
+        time.sleep(SLEEP_S)
+        with self.path.open("a") as f:
+            f.write(f"{seed}\n")
+        return np.zeros((2, SAMPLES), np.float32), SAMPLE_RATE
+
+
+def test_workers_in_several_processes_share_one_window_and_never_repeat_a_seed(tmp_path) -> None:
+    make_client = functools.partial(FileClient, str(tmp_path))
+    r = load.run_load(make_client, 5, duration_s=1.0, warmup_s=0.5, processes=2)
+    seeds = [int(x) for f in tmp_path.glob("seeds-*.txt") for x in f.read_text().split()]
+    assert len(list(tmp_path.glob("seeds-*.txt"))) == 5 + 1  # a client per worker, + the probe
+    assert len(seeds) == len(set(seeds)) == r["requests"] + r["warmup_requests"] + 1
+    assert r["errors"] == 0 and r["warmup_requests"] > 0 and r["requests"] > 50
+    # both processes counted against one window: the run ends one request after it
+    assert 1.0 <= r["wall_s"] < 1.0 + 0.5
+
+
+def test_a_failure_in_a_client_process_is_raised_here(tmp_path) -> None:
+    # the probe, in this process, passes; the clients of the spawned processes break
+    make_client = functools.partial(FileClient, str(tmp_path), os.getpid())
+    with pytest.raises(KeyError, match="bug in process"):
+        load.run_load(make_client, 2, duration_s=1.0, warmup_s=0.0, processes=2)
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -232,7 +270,9 @@ def test_main_writes_the_table_and_json(tmp_path: Path, monkeypatch, capsys) -> 
     monkeypatch.setattr(Client, "statistics", fake_statistics)
     monkeypatch.setattr(serve, "read_gpu_memory", fake_memory)
     out = tmp_path / "r.json"
-    argv = ["--url", "h:8000", "--concurrency", "2", "--duration-s", "0.2", "--warmup-s", "0"]
+    # one process: the patched Client exists only in this one
+    argv = ["--url", "h:8000", "--concurrency", "2", "--processes", "1", "--duration-s", "0.2"]
+    argv += ["--warmup-s", "0"]
     assert serve.main([*argv, "--audio-s", "0.8", "--mono", "--json", str(out), "-q"]) == 0
     doc = json.loads(out.read_text())
     stdout = capsys.readouterr().out
@@ -240,7 +280,8 @@ def test_main_writes_the_table_and_json(tmp_path: Path, monkeypatch, capsys) -> 
     assert "latency ms" in stdout and "GPU memory MiB  start 3584, end 3584" in stdout
     assert doc["metrics_url"] == "h:8002" and doc["server"] == {"server": {"version": "2.51"}}
     assert doc["gpu_memory"]["start"]["used_mib"] == pytest.approx(3584)
-    assert doc["command"][-1] == "-q" and doc["config"]["concurrency"] == 2
+    assert doc["command"][-1] == "-q" and doc["config"]["concurrency"] == 2 == doc["concurrency"]
+    assert doc["processes"] == 1
     assert doc["ok"] == doc["requests"] > 0 and doc["throughput_audio_s_per_s"] > 0
     assert set(seen) == {("h:8000", "warm lofi piano", 0.8, True)}
     assert doc["server_time"]["ms_per_request"] == pytest.approx(dict.fromkeys(ZERO, 10.0))
@@ -255,7 +296,8 @@ def test_main_exits_1_when_every_request_fails(tmp_path: Path, monkeypatch, caps
     monkeypatch.setattr(Client, "metadata", lambda self: {})
     monkeypatch.setattr(Client, "statistics", fake_statistics)
     monkeypatch.setattr(serve, "read_gpu_memory", fake_memory)
-    argv = ["--url", "h:8000", "--concurrency", "2", "--duration-s", "0.1", "--audio-s", "99"]
+    argv = ["--url", "h:8000", "--concurrency", "2", "--processes", "1", "--duration-s", "0.1"]
+    argv += ["--audio-s", "99"]
     assert serve.main([*argv, "--json", str(tmp_path / "r.json")]) == 1
     assert "error: duration_s=99.0 is outside every bucket" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
