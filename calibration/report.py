@@ -85,7 +85,10 @@ class Build:
     def describe(self) -> dict:
         """What its DiT engines are: precision, quantization, calibration sha256 (manifest)."""
         dits = self.pipe.catalog.found("dit")
-        one = lambda name: sorted({str(getattr(a, name, None)) for a in dits})  # noqa: E731
+
+        def one(name: str) -> list[str]:  # the values over its DiT artifacts, "None" for none
+            return sorted({str(getattr(a, name, None)) for a in dits})
+
         return {
             "folder": str(self.folder),
             "backend": self.pipe.backend,
@@ -177,17 +180,19 @@ def request_batch(build: Build, frames: int, rows: int) -> int:
 
 @torch.no_grad()
 def dit_outputs(
-    build: Build, calls: Sequence[DiTCall], frames: int, rows: int
+    build: Build, calls: Sequence[DiTCall], frames: int, num_takes: int
 ) -> list[torch.Tensor]:
-    """x0 of `build`'s DiT engine of each call's budget on the call's own inputs, float32 CPU."""
-    bucket = build.pipe.bucket(
-        request_batch(build, frames, rows), build.pipe.catalog.seconds(frames), stereo=False
-    )
+    """x0 of `build`'s DiT engine of each call's budget on the call's own inputs, float32 CPU.
+
+    A call holds the rows of num_takes takes (2 x num_takes for dpmpp-2s: [cond; uncond]); they run
+    in DiT calls of the bucket's dit_batch rows.
+    """
+    batch = request_batch(build, frames, num_takes)
+    bucket = build.pipe.bucket(batch, build.pipe.catalog.seconds(frames), stereo=False)
     device, n = build.pipe.device, bucket.dit_batch
     out = []
     for call in calls:
-        if call.x.shape[0] % n:
-            raise ShapeError(f"{call.x.shape[0]} rows do not split into DiT calls of {n} rows")
+        assert call.x.shape[0] % n == 0, f"{call.x.shape[0]} rows do not split into calls of {n}"
         chunks = []
         for i in range(0, call.x.shape[0], n):
             x, text, mask, bpm = (
@@ -238,13 +243,18 @@ def summarize(tests: Sequence[torch.Tensor], baselines: Sequence[torch.Tensor]) 
 
 
 def dit_report(
-    model: Presto, builds: Sequence[Build], calls: Sequence[DiTCall], num_prompts: int, frames: int
+    model: Presto,
+    builds: Sequence[Build],
+    calls: Sequence[DiTCall],
+    num_prompts: int,
+    num_takes: int,
+    frames: int,
 ) -> list[dict]:
-    """One row per DiT evaluation of the trajectory (calls are num_prompts trajectories in turn)."""
-    rows = calls[0].x.shape[0]
+    """One row per DiT evaluation of a trajectory, in sampling order ("step"; for ping-pong the
+    sampler's steps): calls are num_prompts trajectories of num_takes takes each, in turn."""
     x0 = {REFERENCE: reference_outputs(model, calls)}
     for b in builds:
-        x0[b.label] = dit_outputs(b, calls, frames, rows)
+        x0[b.label] = dit_outputs(b, calls, frames, num_takes)
     per_take = len(calls) // num_prompts
     report = []
     for step in range(per_take):
@@ -342,7 +352,7 @@ def run_report(args: argparse.Namespace, prompts: Sequence[str]) -> dict:
     assert model.config.frames_for_duration(duration_s) == frames, "frame rounding differs"
     calls = record_dit_calls(model, prompts, seeds, duration_s)
     log.info("recorded %d DiT calls; running them on %d builds", len(calls), len(builds))
-    steps = dit_report(model, builds, calls, len(prompts), frames)
+    steps = dit_report(model, builds, calls, len(prompts), len(seeds), frames)
     log.info("DiT compared; generating audio end to end")
     return {
         "model": builds[0].pipe.manifest.model_name,
