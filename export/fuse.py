@@ -42,12 +42,17 @@ class FusedAttention(nn.Module):
             return t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
         q, k_a, v_a = self.qkv(a).split(D, dim=-1)  # (B, T, D) each
-        k_t, v_t = F.linear(text, self.qkv.weight[D:]).split(D, dim=-1)  # (B, S, D) each
+        k_t, v_t = self.text_kv(text).split(D, dim=-1)  # (B, S, D) each
         q = apply_rotary(heads(q), angles)
         k = torch.cat([apply_rotary(heads(k_a), angles), heads(k_t)], dim=2)  # text unrotated
         v = heads(torch.cat([v_a, v_t], dim=1))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, T, d)
         return self.o(out.transpose(1, 2).flatten(2))
+
+    def text_kv(self, text: Tensor) -> Tensor:
+        """[k|v] of the text tokens: (B, S, D) -> (B, S, 2D), by the [W_k; W_v] rows of qkv (a
+        hook, so that export/quant_torch.py can run this GEMM with its own kernel)."""
+        return F.linear(text, self.qkv.weight[self.width :])
 
 
 class FusedSwiGLU(nn.Module):
