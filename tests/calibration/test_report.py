@@ -70,7 +70,7 @@ def test_fp32_build_against_itself(fp32_build, prompts_file, tmp_path, capsys):
     doc = report(fp32_build, [fp32_build], prompts_file, tmp_path)
     stdout = capsys.readouterr().out
     assert json.loads(stdout.strip().splitlines()[-1]) == doc, "stdout's last line is the JSON"
-    assert "stereo audio" in stdout and "x0 of" in stdout, stdout
+    assert "SNR dB, same noise" in stdout and "x0 of" in stdout, stdout
     engines, against = doc["builds"]  # the same folder twice gets two labels
     assert engines == "fp32" and against != engines
     for b in doc["builds"].values():
@@ -86,10 +86,10 @@ def test_fp32_build_against_itself(fp32_build, prompts_file, tmp_path, capsys):
         # The same engine files on the same inputs: equal up to ORT's threading, in practice 0.
         assert step["x0"][f"{engines} vs {against}"]["worst_rel_l2"] < 1e-6, step
     for name in (f"{engines} vs {REFERENCE}", f"{against} vs {REFERENCE}"):
-        audio = doc["audio"][name]
-        assert audio["worst_snr_db"] > MIN_FP32_SNR_DB, (name, audio)
-    pair = doc["audio"][f"{engines} vs {against}"]
-    assert pair["snr_db"] is None or pair["snr_db"] > 120, pair
+        for signal, s in doc["sampling"][name].items():
+            assert s["worst_snr_db"] > MIN_FP32_SNR_DB, (name, signal, s)
+    for s in doc["sampling"][f"{engines} vs {against}"].values():
+        assert s["snr_db"] is None or s["snr_db"] > 120, s
 
 
 # --- error paths: one line, exit 1
@@ -148,3 +148,4 @@ def test_a_missing_bucket_names_the_fix(fp32_build, prompts_file, tmp_path, caps
 def test_bad_flags(fp32_build, capsys, flags, message):
     assert main(["--engines", str(fp32_build), *flags, "-q"]) == 1
     assert message in capsys.readouterr().err
+
