@@ -59,7 +59,7 @@ from presto_common.cli import (
     run_main,
     setup_logging,
 )
-from presto_common.errors import ArtifactError, InputError, ShapeError
+from presto_common.errors import ArtifactError, BackendUnavailable, InputError, ShapeError
 from presto_common.names import TOOLKIT_VERSION
 from presto_ref.pipeline import Presto
 from runtime.hints import rebuild_hint
@@ -107,14 +107,24 @@ class Build:
 
 
 def open_builds(engines: Path, against: Sequence[Path], backend: str, device: str) -> list[Build]:
-    """--engines first, then each --against; refuses a folder without DiT engines and builds of
-    another model (config hash) before any engine is loaded."""
+    """--engines first, then each --against; refuses a folder without DiT engines, builds of
+    another model (config hash) and bf16 graphs on ONNX Runtime before any engine is loaded."""
     builds: list[Build] = []
     for folder in (engines, *against):
         pipe = Pipeline(folder, backend=backend, device=device)
         label = folder.resolve().name or str(folder)
         while any(b.label == label for b in builds):
             label += "'"
+        # ORT's CPU provider has no bf16 kernel for some of the graphs' ops (Where(16), seen on
+        # the tiny build); refuse here rather than fail inside ONNX Runtime mid-report.
+        if pipe.backend == "onnx" and any(
+            a.backend == "onnx" and a.precision == "bf16" for a in pipe.manifest.artifacts
+        ):
+            raise BackendUnavailable(
+                f"{folder} holds bf16 ONNX graphs, which ONNX Runtime's CPU provider cannot run; "
+                f"grade it with --backend torch (its .pt2 packages) or --backend tensorrt, or pass "
+                f"an fp32 build instead"
+            )
         builds.append(Build(label, folder, pipe))
     first = builds[0].pipe
     if not first.catalog.found("dit"):

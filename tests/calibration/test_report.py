@@ -107,10 +107,16 @@ def no_source(data: dict) -> None:
     data["build_env"].pop("source")
 
 
+def bf16(data: dict) -> None:  # the manifest of a bf16 build; no engine gets loaded
+    for a in data["artifacts"]:
+        a["precision"] = "bf16"
+
+
 @pytest.mark.parametrize(
     "edit, role, message",
     [
         (no_dits, "engines", "has no DiT artifacts for backend onnx"),
+        (bf16, "against", "ONNX Runtime's CPU provider cannot run"),
         (other_model, "against", "was built from model config 000000000000"),
         (no_source, "engines", "does not record a preset or checkpoint"),
     ],
