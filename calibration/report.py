@@ -77,7 +77,7 @@ DEFAULT_PROMPTS = (
 REFERENCE = "reference-fp32"  # the label of the presto_ref model in tables and JSON
 
 
-@dataclass
+@dataclass(frozen=True)
 class Build:
     """One build folder under test, opened for the chosen backend and device."""
 
@@ -237,7 +237,8 @@ def reference_outputs(model: Presto, calls: Sequence[DiTCall]) -> list[torch.Ten
 
 
 def pairs(labels: Sequence[str]) -> list[tuple[str, str]]:
-    """(test, baseline) pairs: every build against the reference, --engines against each other."""
+    """(test, baseline) pairs: every build against the reference, then --engines (labels[0])
+    against each --against build."""
     out = [(label, REFERENCE) for label in labels]
     return out + [(labels[0], other) for other in labels[1:]]
 
@@ -268,10 +269,10 @@ def dit_report(
     x0 = {REFERENCE: reference_outputs(model, calls)}
     for b in builds:
         x0[b.label] = dit_outputs(b, calls, frames, num_takes)
-    per_take = len(calls) // num_prompts
+    per_trajectory = len(calls) // num_prompts
     report = []
-    for step in range(per_take):
-        idx = [p * per_take + step for p in range(num_prompts)]
+    for step in range(per_trajectory):
+        idx = [p * per_trajectory + step for p in range(num_prompts)]
         call = calls[idx[0]]
         report.append(
             {
