@@ -5,7 +5,8 @@ records the DiT's inputs at every step, and calibrates each layer budget's DiT o
 it (ModelOpt: SmoothQuant alpha 0.5 for int8, max calibration for fp8). Writes DIR/scales.safetensors
 (per budget and Linear layer: input amax, weight amax, and for int8 the smoothing factors and the
 per-channel input amax) and DIR/calibration.json (a readable summary with the scales' sha256).
-`calibration.qdq.export_quantized_dit` turns one budget's scales into a Q/DQ ONNX graph.
+`python -m export.build --quantization int8 --calibration DIR` builds engines from it
+(`export.quant_onnx.export_quantized_dit` writes one budget's Q/DQ ONNX graph).
 
 examples:
   python -m calibration.calibrate --preset tiny --precision int8 --duration-s 1 -o artifacts/calib-tiny
@@ -29,14 +30,6 @@ from calibration.recipes import (
     import_modelopt,
     modelopt_version,
 )
-from calibration.scales import (
-    PRECISIONS,
-    Calibration,
-    check_out_dir,
-    describe_layers,
-    read_summary,
-    save_calibration,
-)
 from calibration.trajectories import (
     PROMPTS_FILE,
     calibration_bpms,
@@ -44,9 +37,16 @@ from calibration.trajectories import (
     read_prompts,
     record_dit_calls,
 )
+from export.quant_scales import (
+    Calibration,
+    check_out_dir,
+    describe_layers,
+    read_summary,
+    save_calibration,
+)
 from presto_common.cli import add_logging_flags, check_device, run_main, setup_logging
 from presto_common.errors import ConfigError, InputError
-from presto_common.names import TOOLKIT_VERSION
+from presto_common.names import QUANTIZATIONS, TOOLKIT_VERSION
 from presto_common.schedule import karras_sigmas
 from presto_ref.checkpoint import load_checkpoint, random_model
 from presto_ref.presets import PRESETS
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", metavar="NAME", help=f"random-init preset, one of {sorted(PRESETS)}"
     )
     src.add_argument("--checkpoint", type=Path, metavar="DIR", help="checkpoint directory")
-    p.add_argument("--precision", required=True, choices=PRECISIONS, help="target format")
+    p.add_argument("--precision", required=True, choices=QUANTIZATIONS, help="target format")
     p.add_argument(
         "--duration-s",
         type=float,

@@ -9,7 +9,7 @@
 ModelOpt inserts fake quantizers into every nn.Linear (`mtq.quantize(model, config, forward_loop)`)
 and calibrates them on the forward loop; this module only reads the resulting ranges back into
 `LayerScales`. Its presets leave out layers by LLM names ("*proj_out.*", "*lm_head*", ...); here every
-Linear of the DiT is calibrated, and `calibration.qdq` chooses which ones to quantize.
+Linear of the DiT is calibrated, and `export.quant_onnx` chooses which ones to quantize.
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from calibration.scales import PRECISIONS, LayerScales
 from calibration.trajectories import DiTCall
+from export.quant_scales import SMOOTHQUANT_ALPHA, LayerScales
 from presto_common.errors import BackendUnavailable, ConfigError
+from presto_common.names import QUANTIZATIONS
 
 log = logging.getLogger(__name__)
 
-# SmoothQuant's migration strength: 0.5 splits the range of outlier channels evenly between
-# activation and weight (SmoothQuant, section 4.2: the sweet spot for most models).
-SMOOTHQUANT_ALPHA = 0.5
 MODELOPT_PIP = "pip install nvidia-modelopt==0.47.0 requests huggingface_hub"
 
 
@@ -63,7 +61,7 @@ def modelopt_config(precision: str) -> dict:
     """ModelOpt's preset for `precision` with only its generic rules (quantize every Linear's input
     and weight); SmoothQuant's alpha set to SMOOTHQUANT_ALPHA for int8."""
     mtq = import_modelopt()
-    if precision not in PRECISIONS:
+    if precision not in QUANTIZATIONS:
         raise ConfigError(f"precision {precision!r} is unknown; choose fp8 or int8")
     preset = mtq.INT8_SMOOTHQUANT_CFG if precision == "int8" else mtq.FP8_DEFAULT_CFG
     generic = ("*", "*weight_quantizer", "*input_quantizer")

@@ -52,7 +52,7 @@ def export_onnx(
     """Export `spec` to `path` (a .onnx file); returns what was written.
 
     custom_translation_table: {torch op: ONNX function} for custom ops in the module, passed to
-    torch.onnx's dynamo exporter (calibration.qdq's fake quantization becomes Q/DQ this way).
+    torch.onnx's dynamo exporter (export.quant_onnx's fake quantization becomes Q/DQ this way).
     """
     import onnx
     import onnx_graphsurgeon as gs

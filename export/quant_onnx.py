@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from calibration.recipes import SMOOTHQUANT_ALPHA
-from calibration.scales import PRECISIONS, Calibration, LayerScales
 from export.fuse import FusedAttention, FusedSwiGLU
 from export.onnx_export import export_onnx
+from export.quant_scales import SMOOTHQUANT_ALPHA, Calibration, LayerScales
 from export.spec import ExportSpec, dit_spec, export_model
 from presto_common.errors import ArtifactError, ConfigError
+from presto_common.names import QUANTIZATIONS
 from presto_ref.dit import DiT, blocks_for_budget
 from presto_ref.pipeline import Presto
 
@@ -143,7 +143,7 @@ def quant_format(precision: str) -> tuple[float, torch.dtype]:
         return INT8_MAX, torch.int8
     if precision == "fp8":
         return FP8_E4M3_MAX, torch.float8_e4m3fn
-    raise ConfigError(f"precision {precision!r} is unknown; choose one of {PRECISIONS}")
+    raise ConfigError(f"precision {precision!r} is unknown; choose one of {QUANTIZATIONS}")
 
 
 # --- the fused projections of export/fuse.py, quantized -------------------------------------------

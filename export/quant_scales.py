@@ -24,13 +24,18 @@ from torch import Tensor
 
 from presto_common.errors import ArtifactError, OutputError
 from presto_common.files import read_json
+from presto_common.names import QUANTIZATIONS
 
 SCALES_FILE = "scales.safetensors"
 SUMMARY_FILE = "calibration.json"
 FORMAT = "presto-calibration"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp8", "int8")
+PRECISIONS = QUANTIZATIONS  # what a calibration's "precision" may be
 FIELDS = ("input_amax", "weight_amax", "smooth", "input_channel_amax")
+# SmoothQuant's migration strength: 0.5 splits the range of outlier channels evenly between
+# activation and weight (SmoothQuant, section 4.2: the sweet spot for most models). ModelOpt's
+# recipe (calibration/recipes.py) uses it, and so do the shared factors of export/quant_onnx.py.
+SMOOTHQUANT_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
@@ -187,10 +192,10 @@ def load_calibration(directory: str | Path) -> Calibration:
         raise ArtifactError(
             f"{path} is missing or does not match the sha256 in {SUMMARY_FILE}; calibrate again"
         )
-    if doc.get("precision") not in PRECISIONS:
+    if doc.get("precision") not in QUANTIZATIONS:
         raise ArtifactError(
             f"{directory / SUMMARY_FILE} has precision {doc.get('precision')!r}, not one of "
-            f"{PRECISIONS}; calibrate again"
+            f"{QUANTIZATIONS}; calibrate again"
         )
     flat = load_file(path)
     return Calibration(doc["precision"], doc["config_hash"], from_tensors(flat))

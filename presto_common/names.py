@@ -3,6 +3,7 @@
 COMPONENTS   the exported graphs, in chain order
 BACKENDS     the artifact kinds a build holds
 PRECISIONS   weight and activation formats a graph can be exported in
+QUANTIZATIONS  calibrated formats of the DiT's GEMMs (Q/DQ graphs); the rest stays at a PRECISION
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ BACKEND_ALIASES: dict[str, str] = {
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 # The torch dtype name of each precision (torch.<name>); see `torch_dtype`.
 _TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+# FP8 E4M3 and INT8 GEMMs of the DiT, calibrated by `python -m calibration.calibrate` and built by
+# `python -m export.build --quantization`.
+QUANTIZATIONS: tuple[str, ...] = ("fp8", "int8")
 
 SAMPLERS: tuple[str, ...] = ("ping-pong", "dpmpp-2s")
 

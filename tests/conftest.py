@@ -47,6 +47,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def calibrations(tmp_path_factory) -> dict:
+    """ "int8" / "fp8" -> a calibration folder of the tiny preset (seed-0 weights) written by
+    `python -m calibration.calibrate`: 1 s of audio, three of the shipped prompts and one seed,
+    which covers every budget of the tiny schedule (2, 1, 0) in a few seconds. Skips the test, with
+    the pip line, where ModelOpt cannot be imported."""
+    from calibration.recipes import import_modelopt
+    from presto_common.errors import BackendUnavailable
+
+    try:
+        import_modelopt()
+    except BackendUnavailable as err:
+        pytest.skip(str(err))
+    from calibration.calibrate import main
+    from calibration.trajectories import PROMPTS_FILE, read_prompts
+
+    root = tmp_path_factory.mktemp("calibration")
+    prompts = root / "prompts.txt"
+    prompts.write_text("\n".join(read_prompts(PROMPTS_FILE)[:3]) + "\n")
+    out = {}
+    for precision in ("int8", "fp8"):
+        out[precision] = root / precision
+        argv = ["--preset", "tiny", "--precision", precision, "--duration-s", "1"]
+        argv += ["--prompts", str(prompts), "--seeds", "1", "-o", str(out[precision]), "-q"]
+        assert main(argv) == 0, f"calibration failed: {argv}"
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model():
     """The tiny preset with seeded random weights, fp32 on the CPU, in eval mode."""
     from presto_ref.checkpoint import random_model

@@ -1,19 +1,18 @@
-"""Calibrations and Q/DQ exports that several tests of tests/calibration read, made once per session.
+"""Q/DQ exports and held-out trajectories that several tests of tests/calibration read, made once
+per session; the calibrations themselves (`calibrations`) are in tests/conftest.py, shared with
+tests/export/test_quantized_build.py.
 
-The tiny preset, 1 s of audio, three of the shipped prompts and one seed: every budget of the tiny
-schedule (2, 1, 0) is calibrated in a few seconds. Held-out trajectories (other prompts and seeds)
-feed the parity tests. Everything here needs ModelOpt; without it the tests skip with the pip line.
+Held-out trajectories (other prompts and seeds than the calibration's) feed the parity tests.
+Everything here needs ModelOpt; without it the tests skip with the pip line.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from calibration.trajectories import PROMPTS_FILE, group_by_budget, read_prompts, record_dit_calls
+from calibration.trajectories import group_by_budget, record_dit_calls
 
-DURATION_S = 1.0
+DURATION_S = 1.0  # as the calibrations' (tests/conftest.py)
 HELD_OUT_PROMPTS = ("a quiet harp melody over rain", "hard trap beat with 808s")
 HELD_OUT_SEEDS = (7, 8)  # one batch of two takes per prompt
 
@@ -35,24 +34,6 @@ def modelopt() -> None:
 
 
 @pytest.fixture(scope="session")
-def calibrations(tmp_path_factory) -> dict[str, Path]:
-    """precision -> a calibration folder written by `python -m calibration.calibrate`."""
-    require_modelopt()
-    from calibration.calibrate import main
-
-    root = tmp_path_factory.mktemp("calibration")
-    prompts = root / "prompts.txt"
-    prompts.write_text("\n".join(read_prompts(PROMPTS_FILE)[:3]) + "\n")
-    out = {}
-    for precision in ("int8", "fp8"):
-        out[precision] = root / precision
-        argv = ["--preset", "tiny", "--precision", precision, "--duration-s", str(DURATION_S)]
-        argv += ["--prompts", str(prompts), "--seeds", "1", "-o", str(out[precision]), "-q"]
-        assert main(argv) == 0, f"calibration failed: {argv}"
-    return out
-
-
-@pytest.fixture(scope="session")
 def held_out_calls(tiny_model):
     """budget -> the tiny model's DiT inputs along held-out trajectories (batch 2)."""
     calls = record_dit_calls(tiny_model, HELD_OUT_PROMPTS, HELD_OUT_SEEDS, DURATION_S)
@@ -62,8 +43,8 @@ def held_out_calls(tiny_model):
 @pytest.fixture(scope="session")
 def exported(calibrations, held_out_calls, tiny_model, tmp_path_factory):
     """get(precision, budget) -> QDQExport of the tiny DiT at the held-out calls' shape (cached)."""
-    from calibration.qdq import export_quantized_dit
-    from calibration.scales import load_calibration
+    from export.quant_onnx import export_quantized_dit
+    from export.quant_scales import load_calibration
 
     root = tmp_path_factory.mktemp("qdq")
     cache = {}

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from calibration.calibrate import main
-from calibration.scales import (
+from export.quant_scales import (
     SCALES_FILE,
     SUMMARY_FILE,
     check_out_dir,
@@ -125,7 +125,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys, flags, message):
 def test_a_failed_write_leaves_the_earlier_calibration_and_no_temporary_folder(
     calibrations, tmp_path, monkeypatch
 ):
-    import calibration.scales as scales
+    import export.quant_scales as scales
 
     earlier = tmp_path / "calib"
     shutil.copytree(calibrations["int8"], earlier)

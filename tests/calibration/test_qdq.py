@@ -1,4 +1,4 @@
-"""calibration.qdq: Q/DQ DiT graphs, their structure, and their parity with the fp32 DiT on ORT.
+"""export.quant_onnx: Q/DQ DiT graphs, their structure, and their parity with the fp32 DiT on ORT.
 
 Run: python -m pytest tests/calibration/test_qdq.py
 """
@@ -14,8 +14,8 @@ import onnx
 import pytest
 import torch
 
-from calibration.qdq import export_quantized_dit, fake_quant, fake_quant_onnx
-from calibration.scales import Calibration, load_calibration
+from export.quant_onnx import export_quantized_dit, fake_quant, fake_quant_onnx
+from export.quant_scales import Calibration, load_calibration
 from export.spec import dit_spec, export_model
 from export.verify import compare, reference_output, run_onnx
 from presto_common.errors import ArtifactError

@@ -1,4 +1,4 @@
-"""calibration.recipes: the ranges read back from ModelOpt mean what calibration.qdq assumes.
+"""calibration.recipes: the ranges read back from ModelOpt mean what export.quant_onnx assumes.
 
 Run: python -m pytest tests/calibration/test_recipes.py
 """
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from calibration.qdq import QDQLinear, fused_scales
 from calibration.recipes import quantize_with_modelopt, read_scales
+from export.quant_onnx import QDQLinear, fused_scales
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp8"])
