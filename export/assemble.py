@@ -39,11 +39,14 @@ def artifact_record(
     file: str,
     details: dict,
     sha256: str | None = None,
+    *,
+    calibration_sha256: str | None = None,
 ) -> Artifact:
     """The manifest entry of `folder/file`, built from `spec` for `backend`.
 
     sha256: the file's digest when the caller has it (a reused file was hashed just before it was
-    placed); None hashes the file.
+    placed); None hashes the file. calibration_sha256: the build's calibration, recorded on
+    quantized artifacts only.
     """
     path = folder / file
     if spec.component == "dit" and config.sampler.kind == "dpmpp-2s":
@@ -51,6 +54,12 @@ def artifact_record(
     cost = forward_cost(
         config, spec.component, spec.batch, spec.frames, spec.budget, spec.precision
     )
+    weight_bytes = cost.weight_bytes
+    if spec.quantization is not None:
+        from export.quant_onnx import quantized_weight_elements
+
+        # forward_cost counts every weight at `precision` (fp32); FP8/INT8 weights are 1 byte.
+        weight_bytes -= (4 - 1) * quantized_weight_elements(spec.module)
     return Artifact(
         component=spec.component,
         backend=backend,
@@ -64,8 +73,10 @@ def artifact_record(
         frames=spec.frames,
         budget=spec.budget,
         flops=cost.flops,
-        weight_bytes=cost.weight_bytes,
+        weight_bytes=weight_bytes,
         build=details,
+        quantization=spec.quantization,
+        calibration_sha256=calibration_sha256 if spec.quantization else None,
     )
 
 

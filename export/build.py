@@ -14,6 +14,11 @@ examples:
       --compute-capabilities 8.0,8.6 --no-verify --out artifacts/presto-ls-bf16
   python -m export.build --checkpoint ckpt/ --backends torch --device cuda --precision bf16 \\
       --batch-sizes 1,4 --durations-s 10,32 --out artifacts/mine
+  # INT8 DiT GEMMs from a calibration of the same model (python -m calibration.calibrate); FP8
+  # needs --compute-capabilities 8.9 or later
+  python -m calibration.calibrate --preset tiny --precision int8 --duration-s 1 -o artifacts/calib
+  python -m export.build --preset tiny --quantization int8 --calibration artifacts/calib \\
+      --durations-s 1 --backends onnx,tensorrt --trt rtx --out artifacts/tiny-int8
   # buckets built apart (separate jobs or machines with the same GPU), then assembled by hard links;
   # builds sharing one GPU autotune under contention and come out slower (README)
   python -m export.build --backends torch --device cuda --batch-sizes 32 --out artifacts/b32
@@ -31,7 +36,7 @@ from pathlib import Path
 from export.folder import BuiltArtifact, build_folder
 from presto_common.cli import add_logging_flags, run_main, setup_logging
 from presto_common.errors import ConfigError
-from presto_common.names import PRECISIONS
+from presto_common.names import PRECISIONS, QUANTIZATIONS
 from presto_ref.checkpoint import read_config
 from presto_ref.presets import DEFAULT_PRESET, PRESETS, get_preset
 
@@ -101,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help="RTX ahead-of-time targets, e.g. 8.0,8.6,8.9,12.0 (default 8.0)",
     )
+    p.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        help="quantize the DiT's GEMMs (Q/DQ; its other operations stay fp32) with --calibration's "
+        "scales; the other components stay at --precision",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="a folder written by `python -m calibration.calibrate` for this model, at the "
+        "--quantization precision",
+    )
     p.add_argument("--device", default="cpu", help="device the torch packages are compiled for")
     p.add_argument(
         "--verify",
@@ -135,7 +153,8 @@ def print_summary(built: list[BuiltArtifact]) -> None:
         if parity:
             note += f" rel L2 {parity['rel_l2']:.1e}, cos {parity['cosine']:.6f}"
         print(
-            f"{b.name:<30}{art.backend:<10}{art.precision:<10}{art.size_bytes / 1e6:>10.2f}"
+            f"{b.name:<30}{art.backend:<10}{art.quantization or art.precision:<10}"
+            f"{art.size_bytes / 1e6:>10.2f}"
             f"{art.build.get('build_s', b.seconds):>10.1f}  {note.strip()}"
         )
 
@@ -171,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             verify=args.verify,
             reuse_from=args.reuse_from,
             on_artifact=built.append,
+            quantization=args.quantization,
+            calibration=args.calibration,
         )
         print_summary(built)
         summary = {

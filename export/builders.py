@@ -4,19 +4,25 @@ Each writes one artifact of `spec` into the build's staging folder and returns i
 the backend's details for the manifest (`Artifact.build`): timings, versions, targets, parity.
 
     onnx       `<spec>.onnx` (and `.onnx.data` above 2 GB), checked against the fp32 reference on
-               ONNX Runtime's CPU provider unless the plan says not to verify
+               ONNX Runtime's CPU provider unless the plan says not to verify; a quantized DiT is
+               the Q/DQ graph of export/quant_onnx.py (opset 19)
     tensorrt   `<spec>.plan` built from the ONNX file of the same spec, already in the folder
-    torch      `<spec>-<device>.pt2`, an AOTInductor package compiled for the plan's device
+    torch      `<spec>-<device>.pt2`, an AOTInductor package compiled for the plan's device; a
+               quantized DiT runs real FP8/INT8 GEMMs (export/quant_torch.py)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+import torch
 
 from export.plan import BuildPlan
 from export.spec import ExportSpec
@@ -24,12 +30,27 @@ from presto_common.errors import EngineBuildError
 from presto_ref.pipeline import Presto
 from runtime.manifest import sha256_file
 
+if TYPE_CHECKING:
+    from export.quant_scales import Calibration
+
 log = logging.getLogger(__name__)
 
 TIMING_CACHE = "timing.cache"  # full TensorRT's tactic timings, kept in the build folder
 # Parity of an fp32 ONNX graph on ONNX Runtime's CPU provider against eager PyTorch: both compute in
 # fp32 with other summation orders, which gives relative L2 errors near 1e-6; 1e-4 flags real bugs.
 FP32_PARITY_BOUND = 1e-4
+# A quantized DiT on ORT CPU against the same fake-quantized module in eager PyTorch: the same
+# maths, so this checks the export. Measured on the tiny preset (sample inputs, budgets 0-2): rel L2
+# 2.2e-7 to 2.7e-7 for int8 and fp8, no value rounded differently. Another summation order can move
+# a value across a rounding boundary of the 8-bit grid, one grid step (1/127 of a range for int8),
+# which is likelier the larger the model; 1e-3 leaves room for a few such values, not for a wrong
+# scale or axis, which moves every value of a layer.
+QDQ_PARITY_BOUND = 1e-3
+# The same graph against the fp32 reference on the sample inputs (noise at sigma 1): the error that
+# quantization itself makes. Cosine rather than relative L2, as in tests/calibration/test_qdq.py:
+# quantization noise barely turns x0, while scales of another model or a broken graph do. The tiny
+# preset's random weights give 0.99982 (fp8) to 0.99999 (int8); 0.99 fails only a gross mismatch.
+QUANTIZED_MIN_COSINE = 0.99
 
 
 @dataclass(frozen=True)
@@ -40,12 +61,15 @@ class BuildContext:
     reference: Presto  # the fp32 model as loaded: what the ONNX files are checked against
     staging: Path  # the temporary build folder, moved into place when the build ends
     trt: ModuleType | None  # the TensorRT module of plan.trt_flavor, imported once per build
+    calibration: Calibration | None = None  # the scales of plan.calibration, loaded once
 
 
 Builder = Callable[[ExportSpec, BuildContext], tuple[str, dict]]
 
 
 def build_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
+    if spec.quantization is not None:
+        return build_quantized_onnx(spec, ctx)
     from export.onnx_export import export_onnx
     from export.verify import check_onnx
 
@@ -68,6 +92,55 @@ def build_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
             raise EngineBuildError(
                 f"{spec.name}.onnx disagrees with the reference: {parity} (bound "
                 f"{FP32_PARITY_BOUND:g}); this is an export bug, please report it"
+            )
+    return result.path.name, details
+
+
+def build_quantized_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
+    """The Q/DQ DiT graph of `spec` (its module quantized by export/quant_onnx.py), checked
+    against the same fake-quantized module (QDQ_PARITY_BOUND: the export) and against the fp32
+    reference (QUANTIZED_MIN_COSINE: the scales fit this model)."""
+    from export.onnx_export import export_onnx
+    from export.quant_onnx import OPSET, count_quantized, translation_table
+    from export.verify import compare, reference_output, run_onnx
+
+    path = ctx.staging / f"{spec.name}.onnx"
+    result = export_onnx(spec, path, opset=OPSET, custom_translation_table=translation_table())
+    details: dict = {
+        "build_s": round(result.export_s, 3),
+        "opset": result.opset,
+        "quantized_layers": count_quantized(spec.module),
+    }
+    if result.data_path is not None:
+        details["external_data"] = {
+            "file": result.data_path.name,
+            "sha256": sha256_file(result.data_path),
+        }
+    if ctx.plan.verify:
+        inputs = spec.sample_inputs(0)
+        got = run_onnx(result.path, spec, inputs)
+        with torch.no_grad():
+            fake_quant = spec.module.eval()(*inputs).float().numpy()
+        qdq = compare(fake_quant, got)
+        parity = compare(reference_output(ctx.reference, spec, inputs), got)
+        details["parity"] = {
+            "rel_l2": parity.rel_l2,
+            "cosine": parity.cosine,
+            "max_abs": parity.max_abs,
+        }
+        details["qdq_parity"] = {"rel_l2": qdq.rel_l2, "cosine": qdq.cosine, "max_abs": qdq.max_abs}
+        log.info("  %s vs its fake-quantized module on ONNX Runtime CPU: %s", spec.name, qdq)
+        log.info("  %s vs the fp32 reference on ONNX Runtime CPU: %s", spec.name, parity)
+        if qdq.rel_l2 > QDQ_PARITY_BOUND:
+            raise EngineBuildError(
+                f"{spec.name}.onnx disagrees with its fake-quantized module: {qdq} (bound "
+                f"{QDQ_PARITY_BOUND:g}); this is an export bug, please report it"
+            )
+        if parity.cosine < QUANTIZED_MIN_COSINE:
+            raise EngineBuildError(
+                f"{spec.name}.onnx is far from the fp32 reference: {parity} (cosine bound "
+                f"{QUANTIZED_MIN_COSINE}); check that --calibration {ctx.plan.calibration} was "
+                "made for this model, or calibrate it again"
             )
     return result.path.name, details
 
@@ -105,6 +178,10 @@ def build_torch(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
 
     device = ctx.plan.device
     name = f"{spec.name}-{device.replace(':', '')}.pt2"
+    details: dict = {}
+    if spec.quantization is not None:
+        module, details["quantized_layers"] = quantized_torch_module(spec, ctx)
+        spec = dataclasses.replace(spec, module=module)
     module = spec.module.to(device)
     # On CUDA, 1-D convolutions run as channels-last 2-D ones (export/conv_layout.py).
     swap = conv1d_as_conv2d(module) if device.startswith("cuda") else nullcontext(0)
@@ -123,7 +200,21 @@ def build_torch(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
         "build_s": round(result.build_s, 3),
         "device": device,
         "torch_version": result.torch_version,
+        **details,
     }
+
+
+def quantized_torch_module(spec: ExportSpec, ctx: BuildContext) -> tuple[torch.nn.Module, int]:
+    """The DiT graph of `spec` with real FP8/INT8 GEMMs (export/quant_torch.py) in place of the
+    fake-quantized ones, on a fresh fp32 export copy of the reference; and how many it has."""
+    from export.quant_torch import quantize_dit_torch  # imported only for quantized torch builds
+    from export.spec import export_model, graph_for
+
+    assert ctx.calibration is not None and spec.budget is not None, "a quantized DiT spec"
+    clone = export_model(ctx.reference, spec.precision)
+    layers = ctx.calibration.layers(spec.budget)
+    names = quantize_dit_torch(clone.dit, spec.budget, layers, ctx.calibration.precision)
+    return graph_for(clone, "dit", spec.budget), len(names)
 
 
 BUILDERS: dict[str, Builder] = {

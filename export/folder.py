@@ -30,6 +30,7 @@ from export.reuse import (
     reusable,
     reuse_sources,
     signature,
+    spec_signature,
     take,
     weights_digest,
 )
@@ -85,6 +86,8 @@ def build_folder(
     verify: bool = True,
     reuse_from: Sequence[str | Path] = (),
     on_artifact: Callable[[BuiltArtifact], None] | None = None,
+    quantization: str | None = None,
+    calibration: str | Path | None = None,
 ) -> Manifest:
     """Build every artifact of a model into `out` and return the manifest written there.
 
@@ -96,7 +99,9 @@ def build_folder(
     or "rtx" (None: tensorrt where importable); compute_capabilities: RTX targets (default 8.0).
     device: where torch packages are compiled. verify: check ONNX files on ONNX Runtime.
     reuse_from: other build folders to take matching artifacts from. on_artifact: called as each
-    artifact is done.
+    artifact is done. quantization ("fp8" or "int8") with calibration (a folder written by
+    `python -m calibration.calibrate` for this model): the DiT's GEMMs quantized with its scales,
+    the DiT's other operations in fp32; the other components stay at `precision`.
 
     `out` must be missing, an empty folder or an earlier build (a folder holding manifest.json);
     anything else is refused before the model is loaded (`check_out`).
@@ -140,6 +145,8 @@ def build_folder(
         device=device,
         verify=verify,
         reuse_from=reuse_from,
+        quantization=quantization,
+        calibration=calibration,
     )
     # How to build this again (runtime.hints turns it into a command): in build_env, no schema change.
     source |= {
@@ -150,6 +157,8 @@ def build_folder(
         "trt": plan.trt_flavor,
         "compute_capabilities": list(plan.compute_capabilities),
         "verify": plan.verify,
+        "quantization": plan.quantization,
+        "calibration": None if plan.calibration is None else str(plan.calibration.absolute()),
     }
     with torch.no_grad():
         return run_build(model.eval(), plan, Path(out), on_artifact, source)
@@ -187,31 +196,56 @@ def run_build(
     _quiet_polygraphy(log.isEnabledFor(logging.DEBUG))
     # 2. What to build, and what earlier builds can give.
     sources = reuse_sources(out, plan.reuse_from)
-    specs = make_specs(model, plan.precision, plan.batch_sizes, plan.frames, plan.budgets)
+    calibration = None
+    if plan.calibration is not None:
+        from export.quant_scales import load_calibration
+
+        calibration = load_calibration(plan.calibration)  # checks the scales' sha256
+    specs = make_specs(
+        model, plan.precision, plan.batch_sizes, plan.frames, plan.budgets, calibration=calibration
+    )
     weights = weights_digest(model)
     sigs = {b: signature(plan, b, config.config_hash(), weights) for b in plan.backends}
     steps = [(s, b) for s in specs for b in plan.backends]  # ONNX before the engines made of it
     artifacts: list[Artifact] = []
     try:
         with _staging(out) as staging:
-            ctx = BuildContext(plan=plan, reference=model, staging=staging, trt=trt)
+            ctx = BuildContext(
+                plan=plan, reference=model, staging=staging, trt=trt, calibration=calibration
+            )
             if plan.trt_flavor == "tensorrt" and (out / TIMING_CACHE).is_file():
                 shutil.copy2(out / TIMING_CACHE, staging / TIMING_CACHE)  # carried to this build
             # 3. Each artifact: reuse or build.
             for i, (spec, backend) in enumerate(steps, 1):
                 start = time.perf_counter()
-                found = reusable(sources, artifact_key(spec, backend), sigs[backend])
+                sig = spec_signature(sigs[backend], spec, plan)
+                found = reusable(sources, artifact_key(spec, backend), sig)
                 if found is not None:
                     prev, folder = found
                     take(prev, folder, staging)
                     # `reusable` hashed the file just before it was placed.
                     art = artifact_record(
-                        config, spec, backend, staging, prev.file, dict(prev.build), prev.sha256
+                        config,
+                        spec,
+                        backend,
+                        staging,
+                        prev.file,
+                        dict(prev.build),
+                        prev.sha256,
+                        calibration_sha256=plan.calibration_sha256,
                     )
                 else:
                     file, details = BUILDERS[backend](spec, ctx)
-                    details["signature"] = sigs[backend]
-                    art = artifact_record(config, spec, backend, staging, file, details)
+                    details["signature"] = sig
+                    art = artifact_record(
+                        config,
+                        spec,
+                        backend,
+                        staging,
+                        file,
+                        details,
+                        calibration_sha256=plan.calibration_sha256,
+                    )
                 artifacts.append(art)
                 done = BuiltArtifact(spec.name, art, found is not None, time.perf_counter() - start)
                 log.info(

@@ -18,8 +18,8 @@ import torch
 
 from export.spec import check_buckets
 from export.trt_build import DEFAULT_RTX_COMPUTE_CAPABILITIES, TRT_FLAVORS
-from presto_common.errors import BackendUnavailable, ConfigError
-from presto_common.names import BACKENDS, PRECISIONS
+from presto_common.errors import ArtifactError, BackendUnavailable, ConfigError
+from presto_common.names import BACKENDS, PRECISIONS, QUANTIZATIONS
 from presto_ref.config import PrestoConfig
 
 
@@ -37,6 +37,9 @@ class BuildPlan:
     device: str  # where the torch packages are compiled and must run: "cpu" or "cuda[:N]"
     verify: bool  # check each ONNX file against the reference on ONNX Runtime (CPU)
     reuse_from: tuple[Path, ...] = ()  # other build folders whose matching artifacts are taken
+    quantization: str | None = None  # "fp8" or "int8": the DiT's GEMMs, from `calibration`
+    calibration: Path | None = None  # a calibration folder (python -m calibration.calibrate)
+    calibration_sha256: str | None = None  # its scales file's sha256, as its summary records it
 
 
 def available_backends() -> tuple[str, ...]:
@@ -59,11 +62,18 @@ def plan_build(
     device: str = "cpu",
     verify: bool = True,
     reuse_from: Sequence[str | Path] = (),
+    quantization: str | None = None,
+    calibration: str | Path | None = None,
 ) -> BuildPlan:
     """Check every option against `config` and this machine; fill the defaults.
 
-    Raises ConfigError for a value the model or the options do not allow, BackendUnavailable for
-    CUDA asked for where there is none; each names the value, what was expected and the fix.
+    quantization ("fp8" or "int8") and calibration (a folder of `python -m calibration.calibrate`
+    for this config, at that precision, covering the budgets) come together; only the calibration's
+    summary is read here.
+
+    Raises ConfigError for a value the model or the options do not allow, ArtifactError for a
+    calibration folder that cannot be used, BackendUnavailable for CUDA asked for where there is
+    none; each names the value, what was expected and the fix.
     """
     # 1. Backends: onnx before the engines built from it.
     asked = _items("backends", backends, str) if backends is not None else available_backends()
@@ -117,7 +127,22 @@ def plan_build(
     if flavor == "rtx" and not ccs:
         ccs = DEFAULT_RTX_COMPUTE_CAPABILITIES
 
-    # 4. Where the torch packages are compiled.
+    # 4. Quantization of the DiT.
+    calibration_sha256 = None
+    if quantization is not None or calibration is not None:
+        calibration, calibration_sha256 = _check_quantization(
+            config, quantization, calibration, chosen_budgets
+        )
+        if quantization == "fp8" and flavor == "rtx":
+            low = [cc for cc in ccs if _capability(cc) < FP8_MIN_CAPABILITY]
+            if low:
+                raise ConfigError(
+                    f"--quantization fp8 with --compute-capabilities {','.join(ccs)}: FP8 needs "
+                    f"8.9 or later (Ada, Hopper, Blackwell), {low[0]} has none; drop "
+                    f"{','.join(low)}, or use --quantization int8 for 8.0"
+                )
+
+    # 5. Where the torch packages are compiled.
     if "torch" in chosen and str(device).startswith("cuda") and not torch.cuda.is_available():
         raise BackendUnavailable(
             f"device {device!r} asked for, but CUDA is not available; use --device cpu"
@@ -133,7 +158,73 @@ def plan_build(
         device=str(device),
         verify=bool(verify),
         reuse_from=tuple(Path(p) for p in _items("reuse_from", reuse_from, (str, Path))),
+        quantization=quantization,
+        calibration=calibration,
+        calibration_sha256=calibration_sha256,
     )
+
+
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and later; RTX refuses FP8 for 8.0
+
+
+def _capability(text: str) -> tuple[int, int]:
+    """'8.9' -> (8, 9); ConfigError for anything else."""
+    major, _, minor = str(text).partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise ConfigError(f"compute capability {text!r} is not of the form 8.9")
+    return int(major), int(minor)
+
+
+def _check_quantization(
+    config: PrestoConfig,
+    quantization: str | None,
+    calibration: str | Path | None,
+    budgets: tuple[int, ...],
+) -> tuple[Path, str]:
+    """The calibration folder and its scales' sha256, once its summary is found to fit."""
+    from export.quant_scales import read_summary
+
+    make = "python -m calibration.calibrate"
+    if quantization is None:
+        raise ConfigError(
+            f"--calibration {calibration} was given without --quantization; add --quantization "
+            f"{'|'.join(QUANTIZATIONS)} (the calibration's precision), or drop --calibration"
+        )
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(
+            f"--quantization {quantization!r} is unknown; choose from {', '.join(QUANTIZATIONS)}"
+        )
+    if calibration is None:
+        raise ConfigError(
+            f"--quantization {quantization} needs --calibration DIR, a folder written by "
+            f"`{make} --precision {quantization}` for this model"
+        )
+    if not isinstance(calibration, (str, Path)):
+        raise ConfigError(f"calibration={calibration!r} must be a folder path (str or Path)")
+    folder = Path(calibration)
+    summary = read_summary(folder)  # ArtifactError if it is not a calibration folder
+    found = summary.get("precision")
+    if found != quantization:
+        raise ConfigError(
+            f"--quantization {quantization} with --calibration {folder}, which is calibrated for "
+            f"{found}: pass --quantization {found}, or calibrate for {quantization} with "
+            f"`{make} --precision {quantization}`"
+        )
+    want = config.config_hash()
+    if summary.get("config_hash") != want:
+        raise ArtifactError(
+            f"--calibration {folder} is of config {str(summary.get('config_hash'))[:12]}, the "
+            f"model is {config.name} ({want[:12]}); calibrate this model with `{make}` (same "
+            "--preset or --checkpoint)"
+        )
+    calibrated = sorted(int(b) for b in summary.get("budgets") or {})
+    missing = [b for b in budgets if b not in calibrated]
+    if missing:
+        raise ConfigError(
+            f"budget {missing[0]} is not in --calibration {folder} (calibrated: {calibrated}); "
+            f"build --budgets {','.join(map(str, calibrated))} or calibrate a schedule using it"
+        )
+    return folder, str(summary["scales_sha256"])
 
 
 def _items(name: str, value: object, kind: type | tuple[type, ...]) -> tuple:

@@ -253,24 +253,54 @@ def quantize_dit(
 @dataclass(frozen=True)
 class QDQExport:
     path: Path
-    spec: ExportSpec  # the DiT spec of export/, precision "int8" or "fp8", module quantized
+    spec: ExportSpec  # the DiT spec of export/: precision fp32, quantization "int8" or "fp8"
     quantized: tuple[str, ...]  # the QDQLinear layers
+
+
+def check_calibration(model: Presto, calibration: Calibration) -> None:
+    """ArtifactError unless `calibration` was made for `model`'s config."""
+    if calibration.config_hash != model.config.config_hash():
+        raise ArtifactError(
+            f"the calibration is of config {calibration.config_hash[:12]}, the model is "
+            f"{model.config.name} ({model.config.config_hash()[:12]}); calibrate this model"
+        )
+
+
+def quantized_dit_model(
+    model: Presto, budget: int, calibration: Calibration
+) -> tuple[Presto, list[str]]:
+    """An fp32 export copy of `model` (export.spec.export_model) whose DiT has the blocks of
+    `budget` quantized, and the quantized layers' names; `model` is left unchanged."""
+    check_calibration(model, calibration)
+    clone = export_model(model, "fp32")  # a copy with export/'s fused projections
+    names = quantize_dit(clone.dit, budget, calibration.layers(budget), calibration.precision)
+    return clone, names
 
 
 def quantized_dit_spec(
     model: Presto, budget: int, calibration: Calibration, batch: int = 1, frames: int | None = None
 ) -> tuple[ExportSpec, list[str]]:
     """export/'s DiT spec (same input and output names and shapes as the fp32 graph) around a
-    quantized copy of `model`'s DiT; `model` is left unchanged."""
-    if calibration.config_hash != model.config.config_hash():
-        raise ArtifactError(
-            f"the calibration is of config {calibration.config_hash[:12]}, the model is "
-            f"{model.config.name} ({model.config.config_hash()[:12]}); calibrate this model"
-        )
-    clone = export_model(model, "fp32")  # a copy with export/'s fused projections
-    names = quantize_dit(clone.dit, budget, calibration.layers(budget), calibration.precision)
+    quantized copy of `model`'s DiT: precision fp32 (its other operations), quantization the
+    calibration's; `model` is left unchanged."""
+    clone, names = quantized_dit_model(model, budget, calibration)
     spec = dit_spec(clone, "fp32", batch, frames or model.config.max_frames, budget)
-    return dataclasses.replace(spec, precision=calibration.precision), names
+    return dataclasses.replace(spec, quantization=calibration.precision), names
+
+
+def translation_table() -> dict:
+    """torch.onnx's custom_translation_table that turns `fake_quant` into Q/DQ."""
+    return {torch.ops.presto_calibration.fake_quant.default: fake_quant_onnx}
+
+
+def count_quantized(module: nn.Module) -> int:
+    """The QDQLinear layers of a module (the fused GEMMs quantize_dit replaced)."""
+    return sum(isinstance(m, QDQLinear) for m in module.modules())
+
+
+def quantized_weight_elements(module: nn.Module) -> int:
+    """Elements of the quantized weights of a module: 1 byte each once built, not 4."""
+    return sum(m.smoothed_weight.numel() for m in module.modules() if isinstance(m, QDQLinear))
 
 
 def export_quantized_dit(
@@ -287,6 +317,5 @@ def export_quantized_dit(
     batch: rows of a DiT call; frames: latent frames (default the model's maximum).
     """
     spec, names = quantized_dit_spec(model, budget, calibration, batch, frames)
-    table = {torch.ops.presto_calibration.fake_quant.default: fake_quant_onnx}
-    export_onnx(spec, Path(path), opset=OPSET, custom_translation_table=table)
+    export_onnx(spec, Path(path), opset=OPSET, custom_translation_table=translation_table())
     return QDQExport(Path(path), spec, tuple(names))

@@ -1,9 +1,10 @@
 """Reusing artifacts of earlier builds: the --out folder's own, then each --reuse-from folder's.
 
-An artifact is taken instead of rebuilt when its key (component, backend, precision, budget, batch,
-frames) and its signature (config hash, weights digest, opset, torch and toolkit versions, and the
-backend's own targets) both match, and its file still has the recorded sha256. Files are hard-linked
-into the new build (instant for multi-GB packages), or copied across file systems.
+An artifact is taken instead of rebuilt when its key (component, backend, precision, quantization,
+budget, batch, frames) and its signature (config hash, weights digest, opset, torch and toolkit
+versions, the backend's own targets, and a quantized DiT's calibration sha256) both match, and its
+file still has the recorded sha256. Files are hard-linked into the new build (instant for multi-GB
+packages), or copied across file systems.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def signature(plan: BuildPlan, backend: str, config_hash: str, weights: str) -> 
     return sig
 
 
+def spec_signature(sig: dict, spec: ExportSpec, plan: BuildPlan) -> dict:
+    """A backend's signature plus, for a quantized DiT, its quantization and calibration sha256:
+    a quantized artifact is never taken for another calibration's (nor an unquantized one)."""
+    if spec.quantization is None:
+        return sig
+    return {**sig, "quantization": spec.quantization, "calibration_sha256": plan.calibration_sha256}
+
+
 def reuse_sources(out: Path, others: tuple[Path, ...]) -> list[Source]:
     """--out's earlier build (if readable), then each --reuse-from folder (which must be)."""
     sources = []
@@ -91,7 +100,15 @@ def load_previous(out: Path) -> Manifest | None:
 
 def artifact_key(spec: ExportSpec, backend: str) -> tuple:
     """What identifies `spec`'s artifact for `backend` in a manifest (`Artifact.key`)."""
-    return (spec.component, backend, spec.precision, spec.budget, spec.batch, spec.frames)
+    return (
+        spec.component,
+        backend,
+        spec.precision,
+        spec.quantization,
+        spec.budget,
+        spec.batch,
+        spec.frames,
+    )
 
 
 def reusable(sources: list[Source], key: tuple, sig: dict) -> tuple[Artifact, Path] | None:

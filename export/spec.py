@@ -19,8 +19,9 @@ passes in one call) for B takes; ping-pong builds keep B.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,9 @@ from presto_common.errors import ConfigError
 from presto_common.names import COMPONENTS, torch_dtype
 from presto_ref.config import PrestoConfig
 from presto_ref.pipeline import Presto
+
+if TYPE_CHECKING:
+    from export.quant_scales import Calibration
 
 Precision = Literal["fp32", "fp16", "bf16"]
 
@@ -58,13 +62,16 @@ class ExportSpec:
     module: nn.Module
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # "fp8" or "int8": a DiT whose GEMMs are quantized (export/quant_onnx.py), its other operations
+    # at `precision` (fp32); None for every other graph.
+    quantization: str | None = None
 
     @property
     def name(self) -> str:
-        """File stem, e.g. `dit-b12-bf16-1x1470`."""
+        """File stem, e.g. `dit-b12-bf16-1x1470`, or `dit-b12-int8-1x1470` when quantized."""
         budget = f"-b{self.budget}" if self.budget is not None else ""
         bucket = f"{self.batch}x{self.frames}" if self.frames is not None else f"{self.batch}"
-        return f"{self.component}{budget}-{self.precision}-{bucket}"
+        return f"{self.component}{budget}-{self.quantization or self.precision}-{bucket}"
 
     def sample_inputs(
         self, seed: int = 0, device: str | torch.device = "cpu"
@@ -293,6 +300,7 @@ def make_specs(
     frames: tuple[int, ...] | None = None,
     budgets: tuple[int, ...] | None = None,
     components: tuple[str, ...] = COMPONENTS,
+    calibration: Calibration | None = None,
 ) -> list[ExportSpec]:
     """Specs for every component, DiT budget and (batch, frames) bucket, in build order.
 
@@ -300,12 +308,23 @@ def make_specs(
     budgets default to the distinct budgets of the config's schedule. batch_sizes are takes B: the
     DiT is built at `dit_batch_size` rows (2B for dpmpp-2s), the rest at B. The text encoder is
     built at batch 1 alone when 1 is among batch_sizes (the runtime uses no other then).
+
+    calibration: quantize the DiT's GEMMs with it (`calibration.precision`, fp8 or int8), one
+    quantized fp32 copy per budget (export/quant_onnx.py); the other components stay at `precision`.
     """
     cfg = model.config
     frames = frames or (cfg.max_frames,)
     budgets = budgets if budgets is not None else cfg.sampler.budgets.distinct_budgets
     check_buckets(cfg, batch_sizes, frames, budgets)
     m = export_model(model, precision)
+    dit_models = {b: m for b in budgets}  # the model each budget's DiT spec wraps
+    dit_precision = precision
+    if calibration is not None and "dit" in components:
+        from export.quant_onnx import quantized_dit_model  # it imports this module
+
+        dit_models = {b: quantized_dit_model(model, b, calibration)[0] for b in budgets}
+        dit_precision = "fp32"  # the Q/DQ graph is the fp32 graph with its GEMMs quantized
+    quantization = calibration.precision if calibration is not None else None
     specs: list[ExportSpec] = []
     # runtime.Pipeline encodes prompt by prompt (and caches each) with a batch-1 text encoder when
     # the build has one, so a batch-B encoder beside it would never run: build it only without one.
@@ -315,7 +334,10 @@ def make_specs(
             specs.append(text_encoder_spec(m, precision, B))
         for T_lat in frames:
             if "dit" in components:
-                specs += [dit_spec(m, precision, dit_batch_size(cfg, B), T_lat, b) for b in budgets]
+                rows = dit_batch_size(cfg, B)
+                for b in budgets:
+                    spec = dit_spec(dit_models[b], dit_precision, rows, T_lat, b)
+                    specs.append(dataclasses.replace(spec, quantization=quantization))
             if "vae_decoder" in components:
                 specs.append(vae_decoder_spec(m, precision, B, T_lat))
             if "stereo" in components:

@@ -1,10 +1,11 @@
 """The `python -m export.build` command that rebuilds a build folder, with what a request lacks.
 
 Export records what a build came from (preset or checkpoint, init seed, backends, precision, device,
-TensorRT flavor) in `manifest.build_env["source"]`; the buckets and budgets come from its artifacts.
-The command asks for the new buckets first, then every one already built, and writes into the same
-folder, so reuse makes everything but the new artifacts free. A manifest without "source" (older
-builds) gets the model name as --preset and a note saying so.
+TensorRT flavor, quantization and calibration folder) in `manifest.build_env["source"]`; the buckets
+and budgets come from its artifacts. The command asks for the new buckets first, then every one
+already built, and writes into the same folder, so reuse makes everything but the new artifacts
+free. A manifest without "source" (older builds) gets the model name as --preset and a note saying
+so.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def rebuild_command(
     argv += ["--batch-sizes", batches, "--durations-s", seconds]
     if kept_budgets:
         argv += ["--budgets", _join(sorted(kept_budgets))]
+    if source.get("quantization"):
+        argv += ["--quantization", source["quantization"]]
+        argv += ["--calibration", source.get("calibration") or "CALIBRATION_DIR"]
     if source.get("verify") is False:
         argv += ["--no-verify"]
     argv += ["--out", str(folder)]

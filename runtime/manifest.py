@@ -17,9 +17,16 @@ from typing import Any
 
 from presto_common.errors import ArtifactError
 from presto_common.files import read_json
-from presto_common.names import BACKENDS, COMPONENTS  # noqa: F401  (the values the fields take)
+from presto_common.names import (  # noqa: F401  (the values the fields take)
+    BACKENDS,
+    COMPONENTS,
+    QUANTIZATIONS,
+)
 
-SCHEMA_VERSION = 2  # 2: per-artifact flops and weight_bytes
+# 2: per-artifact flops and weight_bytes. 3: per-artifact quantization and calibration_sha256
+# (FP8/INT8 DiT artifacts built from a calibration); a version-2 reader would take an INT8 DiT
+# for an fp32 one, so version 2 folders are rebuilt rather than read.
+SCHEMA_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 
 
@@ -41,7 +48,7 @@ class Artifact:
     file: str  # path relative to the build folder
     sha256: str
     size_bytes: int
-    precision: str  # "fp32", "fp16", "bf16"
+    precision: str  # "fp32", "fp16", "bf16": of the graph's tensors and unquantized operations
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     batch: int  # static batch size of the bucket
@@ -50,10 +57,20 @@ class Artifact:
     flops: int = 0  # floating-point operations of one call (2 x multiply-accumulates), at export
     weight_bytes: int = 0  # bytes of the weights one call reads, at the artifact's precision
     build: dict[str, Any] = field(default_factory=dict)  # backend details: versions, targets, times
+    quantization: str | None = None  # one of QUANTIZATIONS: the DiT's GEMMs in FP8 / INT8
+    calibration_sha256: str | None = None  # sha256 of the scales file it was quantized with
 
     @property
     def key(self) -> tuple:
-        return (self.component, self.backend, self.precision, self.budget, self.batch, self.frames)
+        return (
+            self.component,
+            self.backend,
+            self.precision,
+            self.quantization,
+            self.budget,
+            self.batch,
+            self.frames,
+        )
 
 
 @dataclass(frozen=True)

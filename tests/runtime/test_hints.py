@@ -67,6 +67,8 @@ def test_the_manifest_records_its_source(batch1: Path, tmp_path: Path) -> None:
         "trt": None,
         "compute_capabilities": [],
         "verify": False,
+        "quantization": None,
+        "calibration": None,
     }
 
 
