@@ -147,6 +147,21 @@ def plan_build(
         raise BackendUnavailable(
             f"device {device!r} asked for, but CUDA is not available; use --device cpu"
         )
+    # 6. FP8 on the GPUs that build for themselves: full TensorRT and CUDA torch packages.
+    if quantization == "fp8":
+        gpus = []
+        if flavor == "tensorrt" and torch.cuda.is_available():
+            gpus.append(("--trt tensorrt", torch.cuda.current_device()))
+        if "torch" in chosen and str(device).startswith("cuda"):
+            gpus.append((f"--device {device}", torch.device(device)))
+        for flag, gpu in gpus:
+            cc = torch.cuda.get_device_capability(gpu)
+            if cc < FP8_MIN_CAPABILITY:
+                raise ConfigError(
+                    f"--quantization fp8 with {flag}: this GPU, {torch.cuda.get_device_name(gpu)}, "
+                    f"has compute capability {cc[0]}.{cc[1]} and FP8 needs 8.9 or later; use "
+                    "--quantization int8, or build on an Ada, Hopper or Blackwell GPU"
+                )
     return BuildPlan(
         backends=chosen,
         precision=precision,

@@ -254,6 +254,23 @@ def test_fp8_is_refused_up_front_for_compute_capabilities_below_8_9(calibrations
     assert plan.quantization == "fp8" and plan.compute_capabilities == ("8.9",)
 
 
+def test_fp8_is_refused_up_front_on_a_gpu_below_8_9(calibrations, monkeypatch):
+    """Full TensorRT and CUDA torch packages build for the GPU at hand: an A100 is refused."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _=None: "NVIDIA A100")
+    options = {"quantization": "fp8", "calibration": calibrations["fp8"]}
+    with pytest.raises(ConfigError, match=r"--trt tensorrt: this GPU, NVIDIA A100, .* 8\.0"):
+        plan_build(TINY, backends=("tensorrt",), trt="tensorrt", **options)
+    with pytest.raises(ConfigError, match=r"--device cuda: this GPU, NVIDIA A100, .* 8\.0"):
+        plan_build(TINY, backends=("torch",), device="cuda", **options)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _=None: (9, 0))
+    assert plan_build(TINY, backends=("torch",), device="cuda", **options).quantization == "fp8"
+
+
 def test_the_command_line_names_the_missing_flag(capsys, tmp_path):
     argv = ["--preset", "tiny", "--backends", "onnx", "--quantization", "int8"]
     assert build_main([*argv, "--out", str(tmp_path / "b"), "-q"]) == 1
