@@ -8,7 +8,9 @@ AOTInductor packages) and the `manifest.json` that describes them for `runtime`.
     forward_flops(...)                               every manifest artifact records them
 
 The command line is `python -m export.build` (see its --help). ONNX, TensorRT and Polygraphy are
-imported only when a build needs them.
+imported only when a build needs them. With quantization="fp8"/"int8" and a calibration folder, the
+DiT is built from its Q/DQ graph (quant_onnx.py, the folder's format in quant_scales.py) and its torch
+packages with real FP8/INT8 GEMMs (quant_torch.py); `calibration` writes those folders.
 """
 
 from export.folder import BuiltArtifact, build_folder, load_model

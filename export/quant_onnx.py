@@ -23,7 +23,7 @@ Fused GEMMs need one input scale and, for int8, one smoothing factor per input c
 use ModelOpt's as calibrated; [q|k|v] and [w1|w3] get ModelOpt's formula applied to the members'
 per-channel input ranges (the calibration records them) and the fused weight (`fused_scales`).
 
-The fake quantization is one custom op, `presto_calibration::fake_quant`, computed exactly in eager
+The fake quantization is one custom op, `presto_quant::fake_quant`, computed exactly in eager
 PyTorch and translated to QuantizeLinear + DequantizeLinear by torch.onnx's dynamo exporter. Opset 19
 is needed for the float8e4m3fn zero point (QuantizeLinear-19).
 """
@@ -59,7 +59,7 @@ OPSET = 19  # QuantizeLinear-19 is the first with float8 types; int8 graphs use 
 # --- the fake-quantization op ---------------------------------------------------------------------
 
 
-@torch.library.custom_op("presto_calibration::fake_quant", mutates_args=())
+@torch.library.custom_op("presto_quant::fake_quant", mutates_args=())
 def fake_quant(x: Tensor, scale: Tensor, zero_point: Tensor, axis: int) -> Tensor:
     """DQ(Q(x)) with ONNX semantics, zero point 0: int8 rounds half to even and saturates to
     [-128, 127]; float8 E4M3 (zero_point's dtype) rounds to nearest and saturates to +-448.
@@ -104,7 +104,7 @@ class QDQInput(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.smooth is not None:
             x = x * self.smooth  # (..., K)
-        return torch.ops.presto_calibration.fake_quant(x, self.scale, self.zero_point, 0)
+        return torch.ops.presto_quant.fake_quant(x, self.scale, self.zero_point, 0)
 
 
 class QDQLinear(nn.Module):
@@ -129,7 +129,7 @@ class QDQLinear(nn.Module):
         """DQ(Q(W / smooth)): (N, K), per output channel for int8. Code that multiplies by a
         Linear's `.weight` itself (export/fuse.py's text GEMM) thus gets the quantized weight; its
         input must then be DQ(Q(x * smooth)) too."""
-        return torch.ops.presto_calibration.fake_quant(
+        return torch.ops.presto_quant.fake_quant(
             self.smoothed_weight, self.weight_scale, self.weight_zero_point, 0
         )
 
@@ -290,7 +290,7 @@ def quantized_dit_spec(
 
 def translation_table() -> dict:
     """torch.onnx's custom_translation_table that turns `fake_quant` into Q/DQ."""
-    return {torch.ops.presto_calibration.fake_quant.default: fake_quant_onnx}
+    return {torch.ops.presto_quant.fake_quant.default: fake_quant_onnx}
 
 
 def count_quantized(module: nn.Module) -> int:

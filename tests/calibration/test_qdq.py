@@ -122,7 +122,7 @@ def test_fake_quant_matches_onnx_runtimes_quantize_dequantize(precision, tmp_pat
             zp = torch.zeros(
                 scale.shape, dtype=torch.int8 if precision == "int8" else torch.float8_e4m3fn
             )
-            return torch.ops.presto_calibration.fake_quant(x, scale, zp, 0)
+            return torch.ops.presto_quant.fake_quant(x, scale, zp, 0)
 
     g = torch.Generator().manual_seed(0)
     x = 3 * torch.randn(6, 50, generator=g)  # includes values past the int8 range (saturation)
@@ -140,7 +140,7 @@ def test_fake_quant_matches_onnx_runtimes_quantize_dequantize(precision, tmp_pat
                 dynamo=True,
                 opset_version=19,
                 custom_translation_table={
-                    torch.ops.presto_calibration.fake_quant.default: fake_quant_onnx
+                    torch.ops.presto_quant.fake_quant.default: fake_quant_onnx
                 },
             )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
