@@ -104,6 +104,11 @@ def build_quantized_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict
     from export.quant_onnx import OPSET, count_quantized, translation_table
     from export.verify import compare, reference_output, run_onnx
 
+    if spec.precision != "fp32":  # make_specs(real_gemms=True): a torch package's spec
+        raise EngineBuildError(
+            f"{spec.name}: a Q/DQ graph is exported from the fp32 quantized module, not at "
+            f"{spec.precision}; this is a bug in the build's steps"
+        )
     path = ctx.staging / f"{spec.name}.onnx"
     result = export_onnx(spec, path, opset=OPSET, custom_translation_table=translation_table())
     details: dict = {

@@ -301,6 +301,7 @@ def make_specs(
     budgets: tuple[int, ...] | None = None,
     components: tuple[str, ...] = COMPONENTS,
     calibration: Calibration | None = None,
+    real_gemms: bool = False,
 ) -> list[ExportSpec]:
     """Specs for every component, DiT budget and (batch, frames) bucket, in build order.
 
@@ -311,6 +312,9 @@ def make_specs(
 
     calibration: quantize the DiT's GEMMs with it (`calibration.precision`, fp8 or int8), one
     quantized fp32 copy per budget (export/quant_onnx.py); the other components stay at `precision`.
+    real_gemms: with calibration, DiT specs for the torch packages instead: at `precision`, the
+    module the unquantized export copy, into which the torch builder puts real FP8/INT8 GEMMs
+    (export/quant_torch.py); no Q/DQ graph is made of these.
     """
     cfg = model.config
     frames = frames or (cfg.max_frames,)
@@ -319,7 +323,7 @@ def make_specs(
     m = export_model(model, precision)
     dit_models = {b: m for b in budgets}  # the model each budget's DiT spec wraps
     dit_precision = precision
-    if calibration is not None and "dit" in components:
+    if calibration is not None and "dit" in components and not real_gemms:
         from export.quant_onnx import quantized_dit_model  # it imports this module
 
         dit_models = {b: quantized_dit_model(model, b, calibration)[0] for b in budgets}

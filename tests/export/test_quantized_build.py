@@ -211,6 +211,41 @@ def test_torch_builder_compiles_the_dit_with_int8_gemms(calibrations, tiny_model
     assert parity.rel_l2 < QDQ_PARITY_BOUND, parity
 
 
+def test_a_bf16_torch_build_runs_its_quantized_dit_at_bf16(calibrations, monkeypatch, tmp_path):
+    """The Q/DQ graph is fp32 around its GEMMs (TensorRT picks the rest); a torch package has no
+    such freedom, so a bf16 build's quantized DiT packages are bf16 around the real GEMMs, and
+    an fp32 one would make the FP8 DiT slower than the bf16 DiT it is meant to beat. The torch
+    builder is replaced by one that records the specs (an AOTInductor compile per graph would
+    take minutes here; the test above compiles one)."""
+    from export import builders
+
+    seen = []
+
+    def record(spec, ctx):
+        seen.append(spec)
+        name = f"{spec.name}-cpu.pt2"
+        (ctx.staging / name).write_bytes(b"package")
+        return name, {}
+
+    monkeypatch.setitem(builders.BUILDERS, "torch", record)
+    options = {"quantization": "int8", "calibration": calibrations["int8"]}
+    manifest = build_folder(
+        tmp_path / "b",
+        preset="tiny",
+        backends=("torch",),
+        precision="bf16",
+        durations_s=(1.0,),
+        budgets=(2,),
+        **options,
+    )
+    dits = [s for s in seen if s.component == "dit"]
+    assert [s.name for s in dits] == ["dit-b2-int8-1x46"]  # once: no fp32 Q/DQ spec for torch
+    assert dits[0].precision == "bf16" and dits[0].quantization == "int8"
+    (art,) = manifest.find("dit", "torch")
+    assert (art.precision, art.quantization) == ("bf16", "int8")
+    assert art.calibration_sha256 is not None
+
+
 # --- flags refused up front -----------------------------------------------------------------------
 
 
