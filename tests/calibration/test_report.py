@@ -155,3 +155,46 @@ def test_bad_flags(fp32_build, capsys, flags, message):
     assert main(["--engines", str(fp32_build), *flags, "-q"]) == 1
     assert message in capsys.readouterr().err
 
+
+# --- a quantized build: the INT8 DiT (calibrated by the `calibrations` fixture) against fp32
+
+
+@pytest.fixture(scope="session")
+def int8_build(fp32_build, calibrations, tmp_path_factory) -> Path:
+    """The tiny preset with INT8 DiT GEMMs, its other components reused from `fp32_build`."""
+    out = tmp_path_factory.mktemp("report") / "int8"
+    argv = ["--preset", "tiny", "--backends", "onnx", "--batch-sizes", "1"]
+    argv += ["--quantization", "int8", "--calibration", str(calibrations["int8"])]
+    argv += ["--durations-s", str(DURATION_S), "--no-verify", "--reuse-from", str(fp32_build)]
+    assert build_main([*argv, "--out", str(out), "-q"]) == 0
+    return out
+
+
+# Measured on this fixture (3 calibration prompts x 1 seed; 1 held-out prompt x 2 seeds): x0 cosine
+# against the fp32 reference 0.99976-0.99998 (rel L2 0.7-2.2%) at the steps with sigma >= 0.47, and
+# rel L2 4.7e-5 at sigma 0.002, where D(x) ~ x (c_skip ~ 1) leaves the network little to say; the
+# latents at 33.5-36.0 dB SNR and the audio at 22.9-25.3 dB (the random VAE decoder costs ~10 dB). The
+# bounds leave about 2x (6 dB) of room for ORT's threading and ModelOpt's version, and stay far from
+# what a broken quantization gives (cosine ~0 for wrong scales, 108 dB for a graph left in fp32).
+MIN_INT8_COSINE = 0.999  # rel L2 ~4.5%, twice the worst measured
+MIN_INT8_REL_L2 = 1e-3  # where sigma > 0.1: 8-bit round-off (1/255 of a range) cannot vanish
+MIN_INT8_SNR_DB = {"latents": 27.5, "audio": 17.0}
+MAX_INT8_SNR_DB = 60.0  # an fp32 graph would reach ~108 dB
+
+
+def test_int8_build_against_fp32(int8_build, fp32_build, prompts_file, tmp_path):
+    doc = report(int8_build, [fp32_build], prompts_file, tmp_path)
+    int8 = doc["builds"]["int8"]
+    assert int8["quantization"] == ["int8"] and len(int8["calibration_sha256"][0]) == 64, int8
+    for step in doc["dit_steps"]:
+        s = step["x0"][f"int8 vs {REFERENCE}"]
+        assert s["worst_cosine"] > MIN_INT8_COSINE, step
+        if step["sigma"] > 0.1:
+            assert s["rel_l2"] > MIN_INT8_REL_L2, step
+        # The fp32 build is the reference to ~1e-6, so grading against either says the same.
+        assert abs(step["x0"]["int8 vs fp32"]["rel_l2"] - s["rel_l2"]) < 1e-4, step
+    for signal, s in doc["sampling"][f"int8 vs {REFERENCE}"].items():
+        assert MIN_INT8_SNR_DB[signal] < s["worst_snr_db"] <= s["snr_db"] < MAX_INT8_SNR_DB, (
+            signal,
+            s,
+        )
