@@ -6,6 +6,10 @@ budget, not a whole folder (`python -m export.build --quantization` builds every
 
     python scripts/quant_round.py --preset presto-ls --budget 0 --batches 1,16 --out $OUT
 
+There it needs CXX=/usr/bin/g++ (see scripts/gpu_round.sh) and ModelOpt carried in .whl/:
+nvidia-modelopt 0.47.0 and its missing dependencies, with pulp==3.3.2 (pulp 4.2 pulls orloge and
+cpsat-logutils, which the image lacks).
+
 For each precision (bf16; fp8 and int8 with real GEMMs, export/quant_torch.py, bf16 elsewhere)
 and batch: the AOTInductor package of export/torch_backend.py, its median time over --runs CUDA
 graph-free calls (CUDA events), rows per second, and its count of quantized GEMM calls. Fidelity:

@@ -20,9 +20,11 @@
 #     rm -r pytriton/tritonserver/python_backend_stubs/{3.8,3.9,3.10,3.11,3.13} &&
 #     tar cJf "$OLDPWD"/.serve-wheels/pytriton-0.7.0-py312-server.tar.xz pytriton nvidia_pytriton.libs
 # There, from the repository root, carrying .serve-wheels:
-#   STEPS="install build" bash scripts/serve_round.sh          # build runs on in the background
-#   STEPS="wait bench load1" bash scripts/serve_round.sh       # next call, while the machine is warm
+#   STEPS="install build wait" bash scripts/serve_round.sh     # 9 minutes, mostly the build
+#   STEPS="bench load1" RUNS=30 bash scripts/serve_round.sh    # next call, while the machine is warm
 #   STEPS="load2" bash scripts/serve_round.sh
+# (The figures in the README ran from a `git archive` of the commit carried as an ignored folder,
+# so that helpers' uncommitted edits in the working tree did not travel into the round.)
 #
 # Everything but steps.txt is packed into $OUT/round.tgz at the end (the device tool returns at
 # most 8 files a call; the first two-GPU load run lost its JSON files to that limit).
@@ -36,8 +38,9 @@
 #        load2    the same on --gpus 0,1                                  -> $OUT/load2-c*.json
 # Settings: OUT (default gpu-out), WORK (default /tmp/serve-round), BATCHES (default 1,8),
 # CONCURRENCY (default "1 8 32"), LOAD_S (seconds of load per concurrency, default 60),
-# PROTOCOL (http or grpc, default http), SHM_MIB (benchmarks.serve --shared-memory-mib, default 0:
-# the audio in the response body; 11 holds 32 s of stereo), RUNS (bench, default 20), WAIT_S
+# PROTOCOL (http or grpc, default http), SHM_MIB (benchmarks.serve --shared-memory-mib, default 11:
+# 32 s of stereo float32 in a shared-memory region per client; 0 puts the audio in the response
+# body), RUNS (bench, default 20), WAIT_S
 # (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +51,7 @@ BATCHES=${BATCHES:-1,8}
 CONCURRENCY=${CONCURRENCY:-1 8 32}
 LOAD_S=${LOAD_S:-60}
 PROTOCOL=${PROTOCOL:-http}
-SHM_MIB=${SHM_MIB:-0}
+SHM_MIB=${SHM_MIB:-11}
 RUNS=${RUNS:-20}
 WAIT_S=${WAIT_S:-540}
 ENGINES=$WORK/presto-ls-bf16
