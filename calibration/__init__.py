@@ -7,7 +7,8 @@
         engines whose DiT has QuantizeLinear/DequantizeLinear around its GEMMs (export/quant_onnx.py)
     python -m calibration.report --engines QDIR --against FP32DIR
         what the quantization cost: x0 cosine and relative L2 per step on the fp32 sampler's own
-        DiT inputs, and latents and audio SNR end to end with the same noise (report.py)
+        DiT inputs, and latents and audio SNR end to end with the same noise (report.py; the
+        measurements in fidelity.py)
 
 What NVIDIA ModelOpt (`nvidia-modelopt`, imported lazily) does: the recipes. `mtq.quantize` puts
 fake quantizers into every nn.Linear of a copy of the DiT and calibrates them on a forward loop:
