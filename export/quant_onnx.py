@@ -54,6 +54,10 @@ MIN_AMAX = 1e-12
 SMOOTH_RANGE = (1e-4, 1e4)  # ModelOpt's clamp on SmoothQuant factors
 SMOOTH_EPS = 2.0**-31  # ModelOpt's floor: channels with a smaller range get factor 1
 OPSET = 19  # QuantizeLinear-19 is the first with float8 types; int8 graphs use it too
+# The calibrated Linears of a block, as presto_ref's unfused DiT names them, and the fused GEMMs
+# of export/fuse.py that quantization replaces.
+BLOCK_LINEARS = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w3", "ffn.w2")
+QUANTIZED_GEMMS = ("attn.qkv", "attn.o", "ffn.w13", "ffn.w2")
 
 
 # --- the fake-quantization op ---------------------------------------------------------------------
@@ -229,22 +233,26 @@ def quantize_dit(
         assert isinstance(block.attn, FusedAttention) and isinstance(block.ffn, FusedSwiGLU), (
             "quantize_dit expects the fused DiT of export.spec.export_model"
         )
-        needed = [
-            p + n for n in ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w3", "ffn.w2")
-        ]
-        missing = [n for n in needed if n not in layers]
-        if missing:
-            raise ArtifactError(
-                f"the calibration has no scales for {len(missing)} layers of budget {budget} "
-                f"(e.g. {missing[0]}); calibrate this model again"
-            )
-        q, k, v, o, w1, w3, w2 = (layers[n] for n in needed)
+        q, k, v, o, w1, w3, w2 = block_scales(layers, budget, i)
         block.attn = QDQFusedAttention(block.attn, q, k, v, o, precision)
         w13 = fused_scales([w1, w3], block.ffn.w13.weight.detach().float(), precision)
         block.ffn.w13 = QDQLinear(block.ffn.w13, w13, precision)
         block.ffn.w2 = QDQLinear(block.ffn.w2, w2, precision)
-        quantized += [p + n for n in ("attn.qkv", "attn.o", "ffn.w13", "ffn.w2")]
+        quantized += [p + n for n in QUANTIZED_GEMMS]
     return quantized
+
+
+def block_scales(layers: dict[str, LayerScales], budget: int, i: int) -> tuple[LayerScales, ...]:
+    """The scales of block i's unfused Linears in BLOCK_LINEARS order (q, k, v, o, w1, w3, w2);
+    ArtifactError naming a missing one. quantize_dit and export/quant_torch.py both read them."""
+    needed = [f"blocks.{i}.{n}" for n in BLOCK_LINEARS]
+    missing = [n for n in needed if n not in layers]
+    if missing:
+        raise ArtifactError(
+            f"the calibration has no scales for {len(missing)} layers of budget {budget} "
+            f"(e.g. {missing[0]}); calibrate this model again"
+        )
+    return tuple(layers[n] for n in needed)
 
 
 # --- export ---------------------------------------------------------------------------------------

@@ -33,7 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.fuse import FusedAttention, FusedSwiGLU
-from export.quant_onnx import FP8_E4M3_MAX, INT8_MAX, MIN_AMAX, fused_scales
+from export.quant_onnx import (
+    FP8_E4M3_MAX,
+    INT8_MAX,
+    MIN_AMAX,
+    QUANTIZED_GEMMS,
+    block_scales,
+    fused_scales,
+)
 from export.quant_scales import LayerScales
 from presto_common.errors import ArtifactError, ConfigError
 from presto_common.names import QUANTIZATIONS
@@ -271,21 +278,12 @@ def quantize_dit_torch(
             "quantize_dit_torch expects the fused DiT of export.spec.export_model"
         )
         assert not isinstance(block.attn, QuantFusedAttention), f"block {i} is already quantized"
-        needed = [
-            p + n for n in ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w3", "ffn.w2")
-        ]
-        missing = [n for n in needed if n not in layers]
-        if missing:
-            raise ArtifactError(
-                f"the calibration has no scales for {len(missing)} layers of budget {budget} "
-                f"(e.g. {missing[0]}); calibrate this model again"
-            )
-        q, k, v, o, w1, w3, w2 = (layers[n] for n in needed)
+        q, k, v, o, w1, w3, w2 = block_scales(layers, budget, i)
         block.attn = QuantFusedAttention(block.attn, q, k, v, o, precision)
         w13 = fused_scales([w1, w3], block.ffn.w13.weight.detach().float().cpu(), precision)
         block.ffn.w13 = quant_linear(block.ffn.w13, w13, precision)
         block.ffn.w2 = quant_linear(block.ffn.w2, w2, precision)
-        quantized += [p + n for n in ("attn.qkv", "attn.o", "ffn.w13", "ffn.w2")]
+        quantized += [p + n for n in QUANTIZED_GEMMS]
     return quantized
 
 
