@@ -166,10 +166,13 @@ class EngineBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         dits = self.pipe.manifest.find("dit", self.pipe.backend)
+        quantization = sorted({a.quantization for a in dits if a.quantization})
         return {
             "kind": "engines",
+            "folder": str(self.folder),
             "runtime_backend": self.pipe.backend,
             "precision": ",".join(sorted({a.precision for a in dits})),
+            "quantization": ",".join(quantization) or None,
             "cuda_graph": self.pipe.cuda_graph,
         }
 
@@ -225,6 +228,16 @@ class EngineBackend(Backend):
     def close(self) -> None:
         self.pipe = None
         free_memory(self.device)
+
+
+def build_label(manifest: Manifest) -> str:
+    """What tells a build apart in backend names: its DiT's quantization ("fp8"), else the DiT's
+    precision ("bf16")."""
+    dits = [a for a in manifest.artifacts if a.component == "dit"]
+    kinds = sorted({a.quantization for a in dits if a.quantization}) or sorted(
+        {a.precision for a in dits}
+    )
+    return "+".join(kinds) or "no-dit"
 
 
 def open_backend(

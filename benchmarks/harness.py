@@ -10,14 +10,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.backends import Backend, duration_s, open_backend, parse_backends
+from benchmarks.backends import (
+    Backend,
+    build_label,
+    duration_s,
+    open_backend,
+    parse_backends,
+)
 from benchmarks.costs import STAGES, floor_ms
 from benchmarks.max_batch import (
     BatchSearch,
@@ -36,7 +42,7 @@ from benchmarks.measure import (
     prepare_profiler,
     time_fn,
 )
-from presto_common.errors import InputError, ShapeError
+from presto_common.errors import ArtifactError, InputError, ShapeError
 from runtime import Manifest
 
 log = logging.getLogger("benchmarks.latency")
@@ -171,17 +177,37 @@ def run_benchmark(
     init_seed: int = 0,
     max_batch_warmup: int = 1,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    also_engines: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Time every backend at batch 1 and (when searched) at its largest batch; the JSON document.
 
     on_progress, if given, receives the document so far (complete=False) after every row and search.
+    also_engines: other builds of the same model (a quantized one beside bf16): each engine backend
+    of backend_names is timed on each of them too, after the others, as BACKEND@LABEL (build_label).
     """
     manifest = Manifest.load(engines)
+    specs = parse_backends(backend_names)
     # 1. Open every backend first: unavailable ones fail before anything is timed.
-    backends = [
-        open_backend(spec, engines, device, checkpoint, init_seed)
-        for spec in parse_backends(backend_names)
-    ]
+    backends = [open_backend(spec, engines, device, checkpoint, init_seed) for spec in specs]
+    for folder in also_engines:
+        other = Manifest.load(folder)
+        if other.config_hash != manifest.config_hash:
+            raise ArtifactError(
+                f"--also-engines {folder} is a build of {other.model_name} "
+                f"({other.config_hash[:12]}), --engines {engines} of {manifest.model_name} "
+                f"({manifest.config_hash[:12]}); compare builds of one model"
+            )
+        label = build_label(other)
+        backends += [
+            open_backend(dataclasses.replace(spec, name=f"{spec.name}@{label}"), folder, device)
+            for spec in specs
+            if spec.kind == "engines"
+        ]
+    names = [b.name for b in backends]
+    if len(set(names)) < len(names):
+        raise InputError(
+            f"two builds give the same backend names ({', '.join(names)}); pass each build once"
+        )
     dev = backends[0].device
     frames = choose_frames(backends)
     search = dev.type == "cuda" if max_batch is None else max_batch

@@ -14,6 +14,10 @@ and the roofline floor from this device's measured matmul rate and bandwidth (be
 on CUDA, peak allocator memory and the kernel launches of one stereo generation. "x faster than
 <first>" is the first backend's median over this one's at the same batch.
 
+--also-engines DIR (repeatable) times the engine backends of --backends on another build of the
+same model too, named BACKEND@LABEL (LABEL: that build's DiT quantization, e.g. torch@fp8, else
+its precision), so a quantized build is measured side by side with the bf16 one in one run.
+
 --max-batch (default on CUDA only) finds the largest batch whose stereo generation fits: eager
 models by doubling then bisecting up to --max-batch-limit, engines among the built buckets
 (benchmarks.max_batch); every stage is timed there again (stepping down while that runs out of
@@ -42,6 +46,9 @@ examples:
       --backends eager-fp32,eager-bf16,torch-nograph,torch --max-batch-runs 5
   python -m benchmarks.latency --engines artifacts/presto-ls --device cuda --no-max-batch \\
       --backends torch,torch-nograph,eager-bf16 --compare benchmarks/baselines/h100-presto-ls-bf16.json
+  # a quantized build beside its bf16 build: rows torch and torch@fp8, batch 1 and the largest
+  python -m benchmarks.latency --engines artifacts/ls-bf16 --also-engines artifacts/ls-fp8 \\
+      --device cuda --backends torch
 """
 
 from __future__ import annotations
@@ -77,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = p.add_argument
     add("--engines", type=Path, metavar="DIR", help="build folder (made first with --preset)")
+    add(
+        "--also-engines",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another build of the same model (e.g. --quantization fp8): its engine backends are "
+        "timed too, as BACKEND@fp8 (repeatable)",
+    )
     add("--preset", metavar="NAME", help="first build (or reuse) what --backends needs")
     add("--precision", choices=("bf16", "fp32"), help="with --preset (default: bf16 on CUDA, fp32)")
     add("--batch-sizes", metavar="LIST", help="with --preset: batch buckets (default: 1)")
@@ -183,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             args.init_seed,
             args.max_batch_warmup,
             save_progress if args.json else None,
+            args.also_engines,
         )
     except PrestoError as err:
         print(f"error: {err}", file=sys.stderr)

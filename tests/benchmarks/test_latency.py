@@ -146,6 +146,60 @@ def test_backends_side_by_side(side_by_side: dict) -> None:
     assert text["onnxruntime", 2] == 2 * text["onnxruntime", 1] == 2 * text["eager-fp32", 2]
 
 
+def test_a_quantized_build_is_timed_beside_its_float_build(
+    build: Path, calibrations: dict, tmp_path: Path
+) -> None:
+    """--also-engines: the INT8 build's engines in the same run, as onnxruntime@int8 (its DiT
+    exported here, everything else taken from `build`)."""
+    import export
+
+    quantized = tmp_path / "int8"
+    export.build_folder(
+        quantized,
+        preset="tiny",
+        backends=("onnx",),
+        durations_s=(0.25,),
+        verify=False,
+        quantization="int8",
+        calibration=calibrations["int8"],
+        reuse_from=[build],
+    )
+    path = tmp_path / "run.json"
+    argv = ["--engines", str(build), "--also-engines", str(quantized), *FAST]
+    argv += ["--backends", "onnxruntime", "--no-max-batch", "--json", str(path)]
+    code, lines = run_main(argv)
+    assert code == 0
+    doc = json.loads(path.read_text())
+    assert doc["backends"] == ["onnxruntime", "onnxruntime@int8"]
+    rows = {r["backend"]: r for r in doc["results"]}
+    assert rows["onnxruntime"]["quantization"] is None
+    assert rows["onnxruntime@int8"]["quantization"] == "int8"
+    assert rows["onnxruntime@int8"]["folder"] == str(quantized)
+    assert set(rows["onnxruntime@int8"]["stages"]) == set(STAGES)
+    # the ratio to the first backend, stage by stage, as for any two backends
+    assert rows["onnxruntime@int8"]["speedup"]["baseline_backend"] == "onnxruntime"
+    assert any("onnxruntime@int8" in line for line in lines)
+
+
+def test_also_engines_of_another_model_is_refused(build: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(build, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["config_hash"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    argv = [
+        "--engines",
+        str(build),
+        "--also-engines",
+        str(other),
+        *FAST,
+        "--backends",
+        "onnxruntime",
+    ]
+    assert run_main(argv)[0] == 1
+    assert "compare builds of one model" in capsys.readouterr().err
+
+
 def test_max_batch(side_by_side: dict) -> None:
     search = side_by_side["max_batch"]
     # Static buckets: the largest built batch that runs, recorded as limited to the build.
