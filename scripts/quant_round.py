@@ -1,21 +1,26 @@
-"""The quantized DiT on a GPU: calibrate, compile the bf16, FP8 and INT8 DiT packages of one budget,
-time them at batch 1 and a large batch, and compare their x0 on the sampler's own inputs.
+"""The quantized DiT on a GPU in one device call: calibrate, measure what FP8 and INT8 cost in
+fidelity (eager, every step and end to end), and time the compiled DiT packages of one budget.
 
-One device call (about 8 minutes on an H200 at paper scale), so it builds only the DiT of one
-budget, not a whole folder (`python -m export.build --quantization` builds every component):
+A whole quantized folder (`python -m export.build --quantization`) compiles every budget and
+bucket, about 10 minutes at paper scale; this round compiles only what the speed figures need:
 
-    python scripts/quant_round.py --preset presto-ls --budget 0 --batches 1,16 --out $OUT
+    python scripts/quant_round.py --preset presto-ls --budget 0 --batches 1,32 --out $OUT
 
 There it needs CXX=/usr/bin/g++ (see scripts/gpu_round.sh) and ModelOpt carried in .whl/:
 nvidia-modelopt 0.47.0 and its missing dependencies, with pulp==3.3.2 (pulp 4.2 pulls orloge and
 cpsat-logutils, which the image lacks).
 
-For each precision (bf16; fp8 and int8 with real GEMMs, export/quant_torch.py, bf16 elsewhere)
-and batch: the AOTInductor package of export/torch_backend.py, its median time over --runs CUDA
-graph-free calls (CUDA events), rows per second, and its count of quantized GEMM calls. Fidelity:
-the fp32 reference sampler's recorded DiT inputs (one prompt, seed 0) at the steps that use the
-budget go through every package at batch 1; cosine and relative L2 of x0 against the bf16 package
-and against the fp32 reference DiT. Writes OUT/quant-round.json after every measurement.
+Stages (--stages, default both), each precision of --precisions:
+  fidelity  The export copy of the model (export.spec.export_model) in bf16, its DiT's GEMMs FP8 or
+            INT8 with real kernels (export/quant_torch.py, the torch packages' modules), run
+            eagerly. x0 per DiT step on the fp32 reference sampler's recorded inputs (held-out
+            prompts, seeds 0..N-1), cosine and relative L2 against the bf16 copy and the fp32
+            reference; end to end, the stereo audio and the latents of the same takes (same noise)
+            against the fp32 reference, SNR in dB.
+  speed     The AOTInductor package (export/torch_backend.py) of the DiT at --budget, bf16 or
+            quantized, per batch of --batches: median of --runs calls after 5 (CUDA events, no CUDA
+            graph), rows per second, and the quantized GEMM calls in its wrapper code.
+OUT/quant-round.json is rewritten after every measurement, so a call cut short keeps its figures.
 """
 
 from __future__ import annotations
@@ -29,35 +34,30 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.measure import percentile
 from calibration.calibrate import main as calibrate_main
-from calibration.trajectories import PROMPTS_FILE, read_prompts, record_dit_calls
+from calibration.fidelity import snr_summary, summarize
+from calibration.report import DEFAULT_PROMPTS
+from calibration.trajectories import PROMPTS_FILE, calibration_bpms, read_prompts, record_dit_calls
 from export.quant_scales import load_calibration
 from export.quant_torch import package_quantized_gemms, quantize_dit_torch
 from export.spec import export_model, graph_for, make_specs
 from export.torch_backend import compile_package
 from presto_ref.checkpoint import random_model
-
-
-def cosine_rel_l2(want: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
-    a, b = want.double().flatten(), got.double().flatten()
-    return {
-        "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-        "rel_l2": float((a - b).norm() / a.norm()),
-    }
+from presto_ref.pipeline import Presto
 
 
 def time_ms(run, inputs, runs: int, warmup: int = 5) -> list[float]:
+    """Milliseconds of each of `runs` calls after `warmup` (CUDA events; wall clock on the CPU)."""
     for _ in range(warmup):
         run(*inputs)
-    if inputs[0].device.type == "cpu":  # a trial of this script off the GPU
-        times = []
-        for _ in range(runs):
+    times = []
+    for _ in range(runs):
+        if inputs[0].device.type == "cpu":  # a trial of this script off the GPU
             start = time.perf_counter()
             run(*inputs)
             times.append((time.perf_counter() - start) * 1e3)
-        return times
-    times = []
-    for _ in range(runs):
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         run(*inputs)
@@ -67,39 +67,108 @@ def time_ms(run, inputs, runs: int, warmup: int = 5) -> list[float]:
     return times
 
 
+class PerBudget(torch.nn.Module):
+    """D(x; sigma) that sends each call to the denoiser quantized for its budget: a budget's
+    scales are its own (calibrated on its steps), and blocks two budgets share differ in each."""
+
+    def __init__(self, denoisers: dict[int, torch.nn.Module]) -> None:
+        super().__init__()
+        self.denoisers = torch.nn.ModuleDict({str(b): d for b, d in denoisers.items()})
+
+    def forward(self, x, sigma, *, budget: int, **cond):
+        return self.denoisers[str(budget)](x, sigma, budget=budget, **cond)
+
+
+def variant(model: Presto, precision: str, calibration, device: torch.device) -> Presto:
+    """The bf16 export copy of `model`; unless bf16, its denoiser dispatches each budget to a copy
+    of the DiT whose GEMMs that budget's scales quantize (real kernels, export/quant_torch.py)."""
+    clone = export_model(model, "bf16")
+    if precision != "bf16":
+        denoisers = {}
+        for budget in model.config.sampler.budgets.distinct_budgets:
+            copy = export_model(model, "bf16")
+            quantize_dit_torch(copy.dit, budget, calibration.layers(budget), precision)
+            denoisers[budget] = copy.denoiser
+        clone.denoiser = PerBudget(denoisers)
+    return clone.to(device)
+
+
+@torch.no_grad()
+def fidelity(model: Presto, variants: dict[str, Presto], seeds: int, device) -> dict:
+    """x0 per step on the reference's recorded inputs, and SNR of latents and audio end to end."""
+    config, frames = model.config, model.config.max_frames
+    prompts = DEFAULT_PROMPTS[:2]
+    calls = record_dit_calls(model, prompts, list(range(seeds)), config.max_duration_s)
+    num_steps = len(calls) // len(prompts)
+    graphs = {name: {} for name in ["fp32", *variants]}
+    exported = export_model(model.cpu(), "fp32").to(device)
+    model.to(device)
+    x0: dict[str, list[list[torch.Tensor]]] = {n: [[] for _ in range(num_steps)] for n in graphs}
+    for k, call in enumerate(calls):
+        step = k % num_steps
+        for name, m in [("fp32", exported), *variants.items()]:
+            dit = graphs[name].setdefault(call.budget, graph_for(m, "dit", call.budget))
+            x0[name][step].append(dit(*(t.to(device) for t in call.feeds())).float().cpu())
+    steps = []
+    for step in range(num_steps):
+        row = {"step": step, "budget": calls[step].budget, "sigma": float(calls[step].sigma[0])}
+        for name in variants:
+            row[name] = {"vs_fp32": summarize(x0[name][step], x0["fp32"][step])}
+            if name != "bf16" and "bf16" in variants:
+                row[name]["vs_bf16"] = summarize(x0[name][step], x0["bf16"][step])
+        steps.append(row)
+    # End to end: the same takes (prompts, BPMs, seeds: the same noise) through every chain.
+    latents: dict[str, list] = {}
+    audio: dict[str, list] = {}
+    bpms = calibration_bpms(config.bpm_range, len(prompts))
+    for prompt, bpm in zip(prompts, bpms):
+        for name, m in [("fp32", model), *variants.items()]:
+            text, mask = m.encode_text((prompt,) * seeds)
+            bpm_t = torch.full((seeds,), bpm, device=device)
+            x = m.sample_latents(text, mask, bpm_t, list(range(seeds)), frames, config.sampler)
+            latents.setdefault(name, []).extend(x.float().cpu())
+            audio.setdefault(name, []).extend(m.to_stereo(m.decode(x)).float().cpu())
+    end_to_end = {
+        name: {
+            "latents": snr_summary(latents[name], latents["fp32"]),
+            "audio": snr_summary(audio[name], audio["fp32"]),
+        }
+        for name in variants
+    }
+    return {"prompts": list(prompts), "seeds": seeds, "steps": steps, "end_to_end": end_to_end}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="presto-ls")
-    p.add_argument("--budget", type=int, default=0)
-    p.add_argument("--batches", default="1,16")
+    p.add_argument("--budget", type=int, default=0, help="the DiT budget the speed stage compiles")
+    p.add_argument("--batches", default="1,16", help="batches the speed stage times")
     p.add_argument("--prompts", type=int, default=4, help="calibration prompts (first N shipped)")
+    p.add_argument("--seeds", type=int, default=2, help="fidelity: takes per held-out prompt")
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--precisions", default="bf16,fp8,int8")
+    p.add_argument("--stages", default="fidelity,speed")
     p.add_argument("--device", default="cuda", help="cpu: a trial run of the script (tiny preset)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     dev = torch.device(args.device)
-    precisions = args.precisions.split(",")
-    args.out.mkdir(parents=True, exist_ok=True)
+    precisions, stages = args.precisions.split(","), args.stages.split(",")
     work = args.out / "work"
-    work.mkdir(exist_ok=True)
-    doc: dict = {"args": vars(args) | {"out": str(args.out)}, "device": args.device}
-    if args.device == "cuda":
+    work.mkdir(parents=True, exist_ok=True)
+    doc: dict = {"args": vars(args) | {"out": str(args.out)}, "torch": torch.__version__}
+    if dev.type == "cuda":
         doc["gpu"] = torch.cuda.get_device_name()
-    doc["torch"] = torch.__version__
 
     def save() -> None:
         (args.out / "quant-round.json").write_text(json.dumps(doc, indent=1) + "\n")
 
-    # 1. Calibrations on the sampler's trajectories (calibration.calibrate, on the GPU).
-    prompts = read_prompts(PROMPTS_FILE)[: args.prompts]
     prompt_file = work / "prompts.txt"
-    prompt_file.write_text("\n".join(prompts) + "\n")
-    calibrations = {}
+    prompt_file.write_text("\n".join(read_prompts(PROMPTS_FILE)[: args.prompts]) + "\n")
+    calibrations: dict = {"bf16": None}
 
     def calibration_of(q: str):
-        """calibration.calibrate on the GPU, once per precision, when first needed."""
+        """calibration.calibrate on --device, once per precision, when first needed."""
         if q not in calibrations:
             start = time.perf_counter()
             folder = work / f"calib-{q}"
@@ -112,81 +181,64 @@ def main(argv: list[str] | None = None) -> int:
             save()
         return calibrations[q]
 
-    # 2. The reference's recorded DiT inputs at the steps that run this budget.
     model = random_model(args.preset, 0).eval()
     frames = model.config.max_frames
-    with torch.no_grad():
-        calls = record_dit_calls(model.to(dev), prompts[:1], [0], model.config.max_duration_s)
+    if "fidelity" in stages:
+        start = time.perf_counter()
+        variants = {q: variant(model, q, calibration_of(q), dev) for q in precisions}
+        doc["fidelity"] = fidelity(model.to(dev), variants, args.seeds, dev)
+        doc["fidelity"]["seconds"] = round(time.perf_counter() - start, 1)
         model.cpu()
-    steps = [(i, c) for i, c in enumerate(calls) if c.budget == args.budget]
-    doc["steps"] = [i for i, _ in steps]
-    ref_dit = graph_for(export_model(model, "fp32"), "dit", args.budget).to(dev)
-    with torch.no_grad():
-        ref_x0 = [ref_dit(*(t.to(dev) for t in c.feeds())).float() for _, c in steps]
-    del ref_dit
+        del variants
+        print(json.dumps(doc["fidelity"]["end_to_end"]), flush=True)
+        save()
 
-    # 3. Each precision and batch: compile, count, time; x0 at batch 1.
-    bf16_x0: list[torch.Tensor] = []
-    for q in precisions:
-        for batch in batches:
-            (spec,) = make_specs(
-                model, "bf16", (batch,), (frames,), (args.budget,), components=("dit",)
-            )
-            clone = export_model(model, "bf16")
-            if q != "bf16":
-                layers = calibration_of(q).layers(args.budget)
-                quantize_dit_torch(clone.dit, args.budget, layers, q)
-            module = graph_for(clone, "dit", args.budget).to(dev)
-            path = work / f"dit-b{args.budget}-{q}-{batch}x{frames}.pt2"
-            start = time.perf_counter()
-            with torch.no_grad():
-                compile_package(module, spec.sample_inputs(device=dev), path, device=args.device)
-            build_s = time.perf_counter() - start
-            del module, clone
-            run = torch._inductor.aoti_load_package(str(path))
-            feeds = [
-                tuple(t.to(dev).repeat_interleave(batch, 0) for t in c.feeds()) for _, c in steps
-            ]
-            with torch.no_grad():
-                times = time_ms(run, feeds[0], args.runs)
-            median = statistics.median(times)
-            row = {
-                "precision": q,
-                "batch": batch,
-                "build_s": round(build_s, 1),
-                "quantized_gemm_calls": package_quantized_gemms(path),
-                "median_ms": median,
-                "p90_ms": sorted(times)[int(0.9 * (len(times) - 1))],
-                "rows_per_s": batch / median * 1e3,
-            }
-            if batch == 1:
+    if "speed" in stages:
+        for q in precisions:
+            for batch in batches:
+                (spec,) = make_specs(
+                    model, "bf16", (batch,), (frames,), (args.budget,), components=("dit",)
+                )
+                clone = export_model(model, "bf16")
+                if q != "bf16":
+                    layers = calibration_of(q).layers(args.budget)
+                    quantize_dit_torch(clone.dit, args.budget, layers, q)
+                module = graph_for(clone, "dit", args.budget).to(dev)
+                path = work / f"dit-b{args.budget}-{q}-{batch}x{frames}.pt2"
+                start = time.perf_counter()
                 with torch.no_grad():
-                    x0 = [run(*f).float() for f in feeds]
-                if q == "bf16":
-                    bf16_x0 = x0
-                row["x0_per_step"] = [
-                    {
-                        "step": i,
-                        "vs_fp32": cosine_rel_l2(r, g),
-                        "vs_bf16": cosine_rel_l2(b, g) if bf16_x0 else None,
-                    }
-                    for (i, _), r, b, g in zip(steps, ref_x0, bf16_x0 or x0, x0)
-                ]
-            doc.setdefault("results", []).append(row)
-            print(json.dumps(row), flush=True)
-            save()
-            del run
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-    by = {(r["precision"], r["batch"]): r for r in doc["results"]}
-    doc["speedup_vs_bf16"] = {
-        f"{q}@{b}": by[("bf16", b)]["median_ms"] / by[(q, b)]["median_ms"]
-        for q in precisions
-        for b in batches
-        if q != "bf16" and ("bf16", b) in by and (q, b) in by
-    }
-    print(json.dumps(doc["speedup_vs_bf16"]))
-    save()
+                    compile_package(
+                        module, spec.sample_inputs(device=dev), path, device=args.device
+                    )
+                build_s = time.perf_counter() - start
+                del module, clone
+                run = torch._inductor.aoti_load_package(str(path))
+                with torch.no_grad():
+                    times = time_ms(run, spec.sample_inputs(seed=1, device=dev), args.runs)
+                median = statistics.median(times)
+                row = {
+                    "precision": q,
+                    "batch": batch,
+                    "build_s": round(build_s, 1),
+                    "quantized_gemm_calls": package_quantized_gemms(path),
+                    "median_ms": median,
+                    "p90_ms": percentile(sorted(times), 0.9),
+                    "rows_per_s": batch / median * 1e3,
+                }
+                doc.setdefault("speed", []).append(row)
+                print(json.dumps(row), flush=True)
+                save()
+                del run
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+        by = {(r["precision"], r["batch"]): r for r in doc["speed"]}
+        doc["speedup_vs_bf16"] = {
+            f"{q}@{b}": by[("bf16", b)]["median_ms"] / by[(q, b)]["median_ms"]
+            for (q, b) in by
+            if q != "bf16" and ("bf16", b) in by
+        }
+        print(json.dumps(doc["speedup_vs_bf16"]))
+        save()
     return 0
 
 
