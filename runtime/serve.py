@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from presto_common.cli import add_logging_flags, run_main, setup_logging
-from presto_common.errors import InputError, ServerError
+from presto_common.cli import add_logging_flags, check_writable_folder, run_main, setup_logging
+from presto_common.errors import InputError, OutputError, ServerError
 from runtime.catalog import Catalog
 from runtime.manifest import Manifest
 from runtime.remote import Client
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows per model call at most (default: the largest built batch)",
     )
     p.add_argument("--no-cuda-graph", action="store_true", help="run the chain uncaptured on CUDA")
+    p.add_argument(
+        "--timings-log",
+        type=Path,
+        metavar="PATH",
+        help="append one JSON line per model execution: GPU, rows, and the milliseconds spent "
+        "reading the requests, generating (the chain and the copy to the host) and answering",
+    )
     p.add_argument(
         "--ready-timeout-s",
         type=float,
@@ -142,6 +149,13 @@ def settings_for(args: argparse.Namespace) -> ModelSettings:
     if args.max_queue_delay_ms < 0:
         raise InputError(f"--max-queue-delay-ms {args.max_queue_delay_ms} must be >= 0")
     gpus = _gpus(args)
+    if args.timings_log is not None:
+        if args.timings_log.is_dir():
+            raise OutputError(
+                f"--timings-log {args.timings_log} is a folder; give a file such as "
+                f"{args.timings_log / 'timings.jsonl'}"
+            )
+        check_writable_folder(args.timings_log.resolve().parent, "--timings-log")
     import torch
 
     device = torch.device("cuda:0" if gpus else "cpu")
@@ -161,6 +175,7 @@ def settings_for(args: argparse.Namespace) -> ModelSettings:
         preferred_batches=batches,
         max_queue_delay_ms=args.max_queue_delay_ms,
         cuda_graph=not args.no_cuda_graph,
+        timings_log=None if args.timings_log is None else args.timings_log.resolve(),
     )
 
 

@@ -141,6 +141,10 @@ class TritonPythonModel:
             cuda_graph=json.loads(params["cuda_graph"]),
         )
         warmed = self.pipe.warm_up(stereo=tuple(json.loads(params["warm_up"])))
+        self._device = device
+        # Line-buffered appends: each execution's line is one write, whole even with two instances.
+        log_path = params.get("timings_log", "")
+        self._timings = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
         pb_utils.Logger.log_info(
             f"presto on {device} ({self.pipe.backend}): {warmed} buckets warmed up "
             f"(CUDA graphs captured: {self.pipe.cuda_graph}) in {time.perf_counter() - start:.1f} s"
@@ -156,6 +160,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         pb = self._pb
+        start = time.perf_counter()
         parsed: list[Parsed | None] = []
         refused: dict[int, PrestoError] = {}
         for i, request in enumerate(requests):
@@ -164,7 +169,9 @@ class TritonPythonModel:
             except PrestoError as err:  # this request alone is refused, with the CLI's message
                 parsed.append(None)
                 refused[i] = err
+        read = time.perf_counter()
         results = run_groups(self.pipe, parsed)
+        generated = time.perf_counter()
         sr = self.pipe.manifest.sample_rate
         responses = []
         for i in range(len(requests)):
@@ -182,7 +189,24 @@ class TritonPythonModel:
                     ]
                 )
             )
+        if self._timings is not None:
+            self._log_timings(parsed, start, read, generated, time.perf_counter())
         return responses
+
+    def _log_timings(self, parsed: list, start: float, read: float, gen: float, end: float) -> None:
+        """One JSON line for `runtime.serve --timings-log`: where one execution's time went (ms)."""
+        line = {
+            "time": time.time(),
+            "device": self._device,
+            "requests": len(parsed),
+            "rows": sum(len(p.takes) for p in parsed if p is not None),
+            "read_ms": (read - start) * 1e3,
+            "generate_ms": (gen - read) * 1e3,
+            "answer_ms": (end - gen) * 1e3,
+        }
+        self._timings.write(json.dumps(line) + "\n")
 
     def finalize(self) -> None:
         self.pipe.release_graphs()
+        if self._timings is not None:
+            self._timings.close()

@@ -114,6 +114,7 @@ class ModelSettings:
     max_queue_delay_ms: float  # how long the batcher waits to fill a preferred batch
     cuda_graph: bool = True
     warm_up: tuple[bool, ...] = (True, False)  # stereo flags whose buckets are captured at start
+    timings_log: Path | None = None  # a JSON line per model execution appended here (triton_model)
 
 
 def config_pbtxt(settings: ModelSettings) -> str:
@@ -139,6 +140,7 @@ def config_pbtxt(settings: ModelSettings) -> str:
         "backend": settings.backend,
         "cuda_graph": json.dumps(settings.cuda_graph),
         "warm_up": json.dumps(list(settings.warm_up)),
+        "timings_log": str(settings.timings_log or ""),
     }
     parameters = ",\n".join(
         f'  {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items()

@@ -35,6 +35,7 @@
 #        wait     wait (at most WAIT_S s) for the background build to finish
 #        bench    benchmarks.latency, torch backend, batch 1             -> $OUT/latency.json
 #        load1    runtime.serve --gpus 0, benchmarks.serve at each of $CONCURRENCY -> $OUT/load1-c*.json
+#                 (and the server's --timings-log, $OUT/load1-timings.jsonl)
 #        load2    the same on --gpus 0,1                                  -> $OUT/load2-c*.json
 # Settings: OUT (default gpu-out), WORK (default /tmp/serve-round), BATCHES (default 1,8),
 # CONCURRENCY (default "1 8 32"), LOAD_S (seconds of load per concurrency, default 60),
@@ -105,7 +106,8 @@ bench() {
 }
 load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
   local name=$1 gpus=$2 pid status=0
-  python3 -m runtime.serve --engines "$ENGINES" --gpus "$gpus" > "$OUT/$name-server.log" 2>&1 &
+  python3 -m runtime.serve --engines "$ENGINES" --gpus "$gpus" --timings-log "$OUT/$name-timings.jsonl" \
+    > "$OUT/$name-server.log" 2>&1 &
   pid=$!
   python3 -c "from runtime import Client; Client('localhost:8000').wait_ready(600)" || {
     kill -TERM $pid; wait $pid; return 1

@@ -68,6 +68,7 @@ def served(build, tmp_path_factory):
     """(process, http url, grpc url, metrics url, log path) of a server on the tiny build."""
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
     extra = ("--max-batch", "32", "--max-queue-delay-ms", "20", "--exit-timeout-s", "60")
+    extra += ("--timings-log", str(log_path.parent / "timings.jsonl"))
     process, http, grpc, metrics = _start_server(build, log_path, *extra)
     yield process, http, grpc, metrics, log_path
     if process.poll() is None:
@@ -120,6 +121,20 @@ def test_concurrent_requests_equal_runtime_generate(served, local):
         want = local.generate_takes([Take("warm lofi piano", seed, bpm, width)], stereo=not mono)
         assert rate == want.sample_rate
         _close(audio, want.samples[0])
+
+
+def test_every_execution_is_timed_in_the_timings_log(served):
+    """--timings-log: a JSON line per model execution, appended after the answer is built."""
+    _, http, _, _, log_path = served
+    timings = log_path.parent / "timings.jsonl"
+    before = len(timings.read_text().splitlines()) if timings.exists() else 0
+    with Client(http) as client:
+        client.generate("warm lofi piano", seed=7, mono=True)
+    lines = [json.loads(line) for line in timings.read_text().splitlines()]
+    assert len(lines) == before + 1
+    last = lines[-1]
+    assert (last["device"], last["requests"], last["rows"]) == ("cpu", 1, 1)
+    assert last["generate_ms"] > 0 and last["read_ms"] >= 0 and last["answer_ms"] >= 0
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

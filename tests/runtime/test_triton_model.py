@@ -95,6 +95,8 @@ def test_model_py_puts_the_paths_first():
         (["--cpu", "--http-port", "0"], "not a TCP port"),
         (["--cpu", "--grpc-port", "8000"], "must differ"),
         (["--cpu", "--max-queue-delay-ms", "-1"], "must be >= 0"),
+        (["--cpu", "--timings-log", "/"], "is a folder"),
+        (["--cpu", "--timings-log", "/no/such/folder/t.jsonl"], "does not exist"),
     ],
 )
 def test_serve_refuses_bad_flags_before_starting_anything(build, capsys, flags, fragment):
