@@ -8,9 +8,9 @@ VAE decoder, the mono-to-stereo model, and whole generations, mono and stereo (b
     torch, torch-nograph, onnxruntime, tensorrt    one engine backend of the build
     eager-fp32, eager-bf16    presto_ref's eager model from the manifest's config
 
-Each row: median, p90 and min (ms) after --warmup discarded runs, cv (stdev / mean), RTF = audio
-seconds / median seconds, the stage's FLOPs and weight bytes from the build's manifest, GFLOP/s,
-and the roofline floor from this device's measured matmul rate and bandwidth (benchmarks.costs);
+Each row: median, p90, min and max (ms) after --warmup discarded runs (the JSON keeps each run's
+time, in order), cv (stdev / mean), RTF = audio seconds / median seconds, the stage's FLOPs and
+weight bytes from the build's manifest, GFLOP/s, and the roofline floor from this device's measured matmul rate and bandwidth (benchmarks.costs);
 on CUDA, peak allocator memory and the kernel launches of one stereo generation. "x faster than
 <first>" is the first backend's median over this one's at the same batch.
 

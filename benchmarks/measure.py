@@ -67,8 +67,9 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))]
 
 
-def summarize(times_ms: list[float]) -> dict[str, float]:
-    """median, p90 (nearest rank), min and coefficient of variation of a list of times.
+def summarize(times_ms: list[float]) -> dict:
+    """median, p90 (nearest rank), min, max and coefficient of variation of a list of times, and
+    the times themselves in run order (a tail that recurs every k-th run shows there).
 
     >>> summarize([3.0, 1.0, 2.0])["median_ms"], summarize([3.0, 1.0, 2.0])["p90_ms"]
     (2.0, 3.0)
@@ -80,8 +81,10 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
         "median_ms": statistics.median(ordered),
         "p90_ms": percentile(ordered, 0.9),
         "min_ms": ordered[0],
+        "max_ms": ordered[-1],
         "cv": cv,
         "runs": len(ordered),
+        "times_ms": [round(t, 4) for t in times_ms],
     }
 
 

@@ -25,6 +25,7 @@ def test_timer_and_time_fn_on_the_cpu() -> None:
 def test_summarize() -> None:
     s = summarize([3.0, 1.0, 2.0, 10.0])
     assert (s["median_ms"], s["p90_ms"], s["min_ms"], s["runs"]) == (2.5, 10.0, 1.0, 4)
+    assert s["max_ms"] == 10.0 and s["times_ms"] == [3.0, 1.0, 2.0, 10.0]  # in run order
     assert s["cv"] == pytest.approx(4.0825 / 4.0, abs=1e-4)  # stdev / mean
     assert summarize([5.0])["cv"] == 0.0
 
