@@ -10,9 +10,10 @@ VAE decoder, the mono-to-stereo model, and whole generations, mono and stereo (b
 
 Each row: median, p90, min and max (ms) after --warmup discarded runs (the JSON keeps each run's
 time, in order), cv (stdev / mean), RTF = audio seconds / median seconds, the stage's FLOPs and
-weight bytes from the build's manifest, GFLOP/s, and the roofline floor from this device's measured matmul rate and bandwidth (benchmarks.costs);
-on CUDA, peak allocator memory and the kernel launches of one stereo generation. "x faster than
-<first>" is the first backend's median over this one's at the same batch.
+weight bytes from the build's manifest, GFLOP/s, and the roofline floor from this device's
+measured matmul rate and bandwidth (benchmarks.costs); on CUDA, peak allocator memory and the
+kernel launches of one stereo generation. "x faster than <first>" is the first backend's median
+over this one's at the same batch.
 
 --also-engines DIR (repeatable) times the engine backends of --backends on another build of the
 same model too, named BACKEND@LABEL (LABEL: that build's DiT quantization, e.g. torch@fp8, else
