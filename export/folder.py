@@ -207,21 +207,6 @@ def run_build(
     weights = weights_digest(model)
     sigs = {b: signature(plan, b, config.config_hash(), weights) for b in plan.backends}
     steps = [(s, b) for s in specs for b in plan.backends]  # ONNX before the engines made of it
-    if calibration is not None and "torch" in plan.backends and plan.precision != "fp32":
-        # Torch packages run the quantized DiT at --precision around its real FP8/INT8 GEMMs,
-        # not at the fp32 of the Q/DQ graph, which TensorRT reads as "choose the precision".
-        torch_dits = make_specs(
-            model,
-            plan.precision,
-            plan.batch_sizes,
-            plan.frames,
-            plan.budgets,
-            components=("dit",),
-            calibration=calibration,
-            real_gemms=True,
-        )
-        steps = [(s, b) for s, b in steps if not (b == "torch" and s.quantization)]
-        steps += [(s, "torch") for s in torch_dits]
     artifacts: list[Artifact] = []
     try:
         with _staging(out) as staging:

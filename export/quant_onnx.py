@@ -43,7 +43,7 @@ from export.onnx_export import export_onnx
 from export.quant_scales import SMOOTHQUANT_ALPHA, Calibration, LayerScales
 from export.spec import ExportSpec, dit_spec, export_model
 from presto_common.errors import ArtifactError, ConfigError
-from presto_common.names import QUANTIZATIONS
+from presto_common.names import QUANTIZATIONS, torch_dtype
 from presto_ref.dit import DiT, blocks_for_budget
 from presto_ref.pipeline import Presto
 
@@ -275,13 +275,24 @@ def check_calibration(model: Presto, calibration: Calibration) -> None:
 
 
 def quantized_dit_model(
-    model: Presto, budget: int, calibration: Calibration
+    model: Presto, budget: int, calibration: Calibration, precision: str = "fp32"
 ) -> tuple[Presto, list[str]]:
-    """An fp32 export copy of `model` (export.spec.export_model) whose DiT has the blocks of
-    `budget` quantized, and the quantized layers' names; `model` is left unchanged."""
+    """An export copy of `model` (export.spec.export_model) whose DiT has the blocks of `budget`
+    quantized, and the quantized layers' names; `model` is left unchanged.
+
+    The scales and smoothed weights are computed in fp32, then everything floating is cast to
+    `precision` but the zero points, whose dtype (int8, float8) is the quantized format: a bf16
+    copy exports Q/DQ with bf16 scales around bf16 GEMMs, which a strongly typed TensorRT network
+    runs in bf16, as it runs the fp32 copy's attention and norms in fp32."""
     check_calibration(model, calibration)
     clone = export_model(model, "fp32")  # a copy with export/'s fused projections
     names = quantize_dit(clone.dit, budget, calibration.layers(budget), calibration.precision)
+    if precision != "fp32":
+        zero_points = {n: b for n, b in clone.named_buffers() if n.endswith("zero_point")}
+        clone = clone.to(torch_dtype(precision))
+        for name, value in zero_points.items():
+            owner, attr = name.rsplit(".", 1)
+            setattr(clone.get_submodule(owner), attr, value)
     return clone, names
 
 

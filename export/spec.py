@@ -301,7 +301,6 @@ def make_specs(
     budgets: tuple[int, ...] | None = None,
     components: tuple[str, ...] = COMPONENTS,
     calibration: Calibration | None = None,
-    real_gemms: bool = False,
 ) -> list[ExportSpec]:
     """Specs for every component, DiT budget and (batch, frames) bucket, in build order.
 
@@ -311,10 +310,8 @@ def make_specs(
     built at batch 1 alone when 1 is among batch_sizes (the runtime uses no other then).
 
     calibration: quantize the DiT's GEMMs with it (`calibration.precision`, fp8 or int8), one
-    quantized fp32 copy per budget (export/quant_onnx.py); the other components stay at `precision`.
-    real_gemms: with calibration, DiT specs for the torch packages instead: at `precision`, the
-    module the unquantized export copy, into which the torch builder puts real FP8/INT8 GEMMs
-    (export/quant_torch.py); no Q/DQ graph is made of these.
+    quantized copy per budget at `precision` (export/quant_onnx.py): the module of the Q/DQ graph;
+    the torch builder puts real FP8/INT8 GEMMs into its own copy (export/quant_torch.py).
     """
     cfg = model.config
     frames = frames or (cfg.max_frames,)
@@ -322,12 +319,10 @@ def make_specs(
     check_buckets(cfg, batch_sizes, frames, budgets)
     m = export_model(model, precision)
     dit_models = {b: m for b in budgets}  # the model each budget's DiT spec wraps
-    dit_precision = precision
-    if calibration is not None and "dit" in components and not real_gemms:
+    if calibration is not None and "dit" in components:
         from export.quant_onnx import quantized_dit_model  # it imports this module
 
-        dit_models = {b: quantized_dit_model(model, b, calibration)[0] for b in budgets}
-        dit_precision = "fp32"  # the Q/DQ graph is the fp32 graph with its GEMMs quantized
+        dit_models = {b: quantized_dit_model(model, b, calibration, precision)[0] for b in budgets}
     quantization = calibration.precision if calibration is not None else None
     specs: list[ExportSpec] = []
     # runtime.Pipeline encodes prompt by prompt (and caches each) with a batch-1 text encoder when
@@ -340,7 +335,7 @@ def make_specs(
             if "dit" in components:
                 rows = dit_batch_size(cfg, B)
                 for b in budgets:
-                    spec = dit_spec(dit_models[b], dit_precision, rows, T_lat, b)
+                    spec = dit_spec(dit_models[b], precision, rows, T_lat, b)
                     specs.append(dataclasses.replace(spec, quantization=quantization))
             if "vae_decoder" in components:
                 specs.append(vae_decoder_spec(m, precision, B, T_lat))

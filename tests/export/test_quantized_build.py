@@ -212,11 +212,10 @@ def test_torch_builder_compiles_the_dit_with_int8_gemms(calibrations, tiny_model
 
 
 def test_a_bf16_torch_build_runs_its_quantized_dit_at_bf16(calibrations, monkeypatch, tmp_path):
-    """The Q/DQ graph is fp32 around its GEMMs (TensorRT picks the rest); a torch package has no
-    such freedom, so a bf16 build's quantized DiT packages are bf16 around the real GEMMs, and
-    an fp32 one would make the FP8 DiT slower than the bf16 DiT it is meant to beat. The torch
-    builder is replaced by one that records the specs (an AOTInductor compile per graph would
-    take minutes here; the test above compiles one)."""
+    """Around its real FP8/INT8 GEMMs a torch package's DiT runs at --precision: at the fp32 of an
+    fp32 Q/DQ graph the FP8 DiT would be timed against bf16 with fp32 attention and norms. The
+    torch builder is replaced by one that records the specs (an AOTInductor compile per graph
+    would take minutes here; the test above compiles one)."""
     from export import builders
 
     seen = []
@@ -230,20 +229,45 @@ def test_a_bf16_torch_build_runs_its_quantized_dit_at_bf16(calibrations, monkeyp
     monkeypatch.setitem(builders.BUILDERS, "torch", record)
     options = {"quantization": "int8", "calibration": calibrations["int8"]}
     manifest = build_folder(
-        tmp_path / "b",
-        preset="tiny",
-        backends=("torch",),
-        precision="bf16",
-        durations_s=(1.0,),
-        budgets=(2,),
-        **options,
-    )
+        tmp_path / "b", preset="tiny", backends=("torch",), precision="bf16",
+        durations_s=(1.0,), budgets=(2,), **options,
+    )  # fmt: skip
     dits = [s for s in seen if s.component == "dit"]
-    assert [s.name for s in dits] == ["dit-b2-int8-1x46"]  # once: no fp32 Q/DQ spec for torch
+    assert [s.name for s in dits] == ["dit-b2-int8-1x46"]
     assert dits[0].precision == "bf16" and dits[0].quantization == "int8"
     (art,) = manifest.find("dit", "torch")
     assert (art.precision, art.quantization) == ("bf16", "int8")
     assert art.calibration_sha256 is not None
+
+
+@pytest.fixture(scope="module")
+def bf16_qdq(calibrations, tmp_path_factory):
+    """q -> the bf16 Q/DQ DiT graph of budget 0 (tiny, 1 s), verified against its module only."""
+    root = tmp_path_factory.mktemp("bf16-qdq")
+    out = {}
+    for q in QUANTIZATIONS:
+        manifest = build_folder(
+            root / q, preset="tiny", backends=("onnx",), precision="bf16", durations_s=(1.0,),
+            budgets=(0,), quantization=q, calibration=calibrations[q],
+        )  # fmt: skip
+        (art,) = manifest.find("dit", "onnx")
+        out[q] = (root / q, art)
+    return out
+
+
+@pytest.mark.parametrize("q", QUANTIZATIONS)
+def test_a_bf16_qdq_graph_is_bf16_around_its_gemms(bf16_qdq, q):
+    """A strongly typed TensorRT network runs each op in its ONNX type: the Q/DQ graph of a bf16
+    build has bf16 scales, so its GEMMs' operands and everything around them are bf16."""
+    folder, art = bf16_qdq[q]
+    assert (art.precision, art.quantization) == ("bf16", q)
+    assert "module_parity" in art.build and art.build["module_parity"]["cosine"] > 0.99
+    graph = onnx.load(str(folder / art.file)).graph
+    types = {i.name: i.data_type for i in graph.initializer}
+    qs = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and {types[n.input[1]] for n in qs} == {onnx.TensorProto.BFLOAT16}
+    zero = onnx.TensorProto.INT8 if q == "int8" else onnx.TensorProto.FLOAT8E4M3FN
+    assert {types[n.input[2]] for n in qs} == {zero}
 
 
 # --- flags refused up front -----------------------------------------------------------------------
@@ -374,3 +398,17 @@ def test_rtx_itself_refuses_fp8_for_the_a100(quantized_builds, trt_build, tmp_pa
             onnx_path, tmp_path / "x.plan", flavor="rtx", compute_capabilities=["8.0"]
         )
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_rtx
+@pytest.mark.parametrize(("q", "target"), [("int8", "8.0"), ("fp8", "8.9")])
+def test_rtx_builds_the_bf16_qdq_graphs(bf16_qdq, calibrations, trt_build, tmp_path, q, target):
+    folder, _ = bf16_qdq[q]
+    manifest = build_folder(
+        tmp_path / "engines", preset="tiny", backends=("onnx", "tensorrt"), precision="bf16",
+        durations_s=(1.0,), budgets=(0,), trt="rtx", compute_capabilities=(target,),
+        quantization=q, calibration=calibrations[q], reuse_from=[folder],
+    )  # fmt: skip
+    (engine,) = manifest.find("dit", "tensorrt")
+    assert (engine.precision, engine.quantization) == ("bf16", q)
+    assert engine.build["compute_capabilities"] == [target]
