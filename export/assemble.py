@@ -17,7 +17,7 @@ import torch
 
 from export.plan import BuildPlan
 from export.spec import ExportSpec, TensorSpec
-from presto_common.names import TOOLKIT_VERSION
+from presto_common.names import TOOLKIT_VERSION, torch_dtype
 from presto_common.schedule import karras_sigmas
 from presto_ref.config import PrestoConfig
 from presto_ref.flops import forward_cost
@@ -58,8 +58,9 @@ def artifact_record(
     if spec.quantization is not None:
         from export.quant_onnx import quantized_weight_elements
 
-        # forward_cost counts every weight at `precision` (fp32); FP8/INT8 weights are 1 byte.
-        weight_bytes -= (4 - 1) * quantized_weight_elements(spec.module)
+        # forward_cost counts every weight at `precision`; FP8/INT8 weights are 1 byte.
+        itemsize = torch_dtype(spec.precision).itemsize
+        weight_bytes -= (itemsize - 1) * quantized_weight_elements(spec.module)
     return Artifact(
         component=spec.component,
         backend=backend,

@@ -27,6 +27,7 @@ import torch
 from export.plan import BuildPlan
 from export.spec import ExportSpec
 from presto_common.errors import EngineBuildError
+from presto_common.names import torch_dtype
 from presto_ref.pipeline import Presto
 from runtime.manifest import sha256_file
 
@@ -99,9 +100,10 @@ def build_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
 
 
 def _ort_cannot_run(spec: ExportSpec, ctx: BuildContext, path) -> str | None:
-    """Why ONNX Runtime's CPU provider cannot check this graph, or None when it can. It has no
-    bf16 Conv, MatMul, Add or Where, so bf16 graphs are not checked there (fp32 always is)."""
-    if spec.precision == "fp32":
+    """Why ONNX Runtime's CPU provider cannot check this bf16 graph, or None when it can (and for
+    every other precision). It has no bf16 Conv, MatMul, Add or Where; any other refusal is
+    raised."""
+    if spec.precision != "bf16":
         return None
     try:  # ORT refuses such graphs at load (InvalidGraph: no bf16 Conv) or at run (NotImplemented)
         from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
@@ -114,6 +116,10 @@ def _ort_cannot_run(spec: ExportSpec, ctx: BuildContext, path) -> str | None:
     try:
         run_onnx(path, spec, spec.sample_inputs(0))
     except (InvalidGraph, OrtNotImplemented) as err:
+        # NOT_IMPLEMENTED is a missing kernel; an invalid graph must be invalid for its bf16 types,
+        # else it is an export bug that check_onnx must not hide.
+        if isinstance(err, InvalidGraph) and "bfloat16" not in str(err):
+            raise
         reason = (
             f"ONNX Runtime's CPU provider cannot run this {spec.precision} graph: "
             + (str(err).split(" : ")[-1])
@@ -124,9 +130,10 @@ def _ort_cannot_run(spec: ExportSpec, ctx: BuildContext, path) -> str | None:
 
 
 def build_quantized_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
-    """The Q/DQ DiT graph of `spec` (its module quantized by export/quant_onnx.py), checked
-    against the same fake-quantized module (QDQ_PARITY_BOUND: the export) and against the fp32
-    reference (QUANTIZED_MIN_COSINE: the scales fit this model)."""
+    """The Q/DQ DiT graph of `spec` (its module quantized by export/quant_onnx.py). fp32: the graph
+    on ONNX Runtime against the same fake-quantized module (QDQ_PARITY_BOUND: the export) and
+    against the fp32 reference (QUANTIZED_MIN_COSINE: the scales fit this model). bf16/fp16, which
+    ONNX Runtime's CPU provider cannot run: only the module against the reference."""
     from export.onnx_export import export_onnx
     from export.quant_onnx import OPSET, count_quantized, translation_table
     from export.verify import compare, reference_output, run_onnx
@@ -247,14 +254,17 @@ def build_torch(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
 
 def quantized_torch_module(spec: ExportSpec, ctx: BuildContext) -> tuple[torch.nn.Module, int]:
     """The DiT graph of `spec` with real FP8/INT8 GEMMs (export/quant_torch.py) in place of the
-    fake-quantized ones, on a fresh fp32 export copy of the reference; and how many it has."""
-    from export.quant_torch import quantize_dit_torch  # imported only for quantized torch builds
+    fake-quantized ones, and how many it has: a fresh fp32 export copy of the reference is
+    quantized (the Q/DQ graph's scales), then cast to spec.precision but its 8-bit weights and
+    fp32 scales."""
+    from export.quant_torch import cast_unquantized, quantize_dit_torch  # quantized builds only
     from export.spec import export_model, graph_for
 
     assert ctx.calibration is not None and spec.budget is not None, "a quantized DiT spec"
-    clone = export_model(ctx.reference, spec.precision)
+    clone = export_model(ctx.reference, "fp32")
     layers = ctx.calibration.layers(spec.budget)
     names = quantize_dit_torch(clone.dit, spec.budget, layers, ctx.calibration.precision)
+    cast_unquantized(clone, torch_dtype(spec.precision))
     return graph_for(clone, "dit", spec.budget), len(names)
 
 

@@ -41,7 +41,7 @@ from export.quant_onnx import (
     block_scales,
     fused_scales,
 )
-from export.quant_scales import LayerScales
+from export.quant_scales import FP8_MIN_CAPABILITY, LayerScales
 from presto_common.errors import ArtifactError, ConfigError
 from presto_common.names import QUANTIZATIONS
 from presto_ref.dit import DiT, blocks_for_budget
@@ -51,7 +51,6 @@ from presto_ref.dit import DiT, blocks_for_budget
 FP8_ALIGN = 16
 INT8_ALIGN = 8
 INT8_MIN_ROWS = 17
-FP8_MIN_CAPABILITY = (8, 9)  # torch._scaled_mm with float8 needs sm89 or newer
 # How AOTInductor's C++ wrapper calls the ATen fallback of either kernel (CPU or CUDA shim).
 PACKAGE_CALL = re.compile(r"aoti_torch_\w+?__(?:scaled_mm|int_mm)(?:_out|_v2)?\(")
 
@@ -285,6 +284,26 @@ def quantize_dit_torch(
         block.ffn.w2 = quant_linear(block.ffn.w2, w2, precision)
         quantized += [p + n for n in QUANTIZED_GEMMS]
     return quantized
+
+
+# The quantized layers' own tensors: 8-bit weights and fp32 scales, whose dtypes are the format.
+QUANTIZED_TENSORS = ("weight_q", "weight_scale", "input_scale", "smooth", "text_scale")
+
+
+def cast_unquantized(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """module.to(dtype), in place, except the quantized layers' own tensors (QUANTIZED_TENSORS),
+    which keep their dtype. Quantize an fp32 copy, then cast it: the scales and 8-bit weights are
+    then those export/quant_onnx.py computes from the same fp32 weights, whatever the dtype."""
+    kept = {
+        name: t
+        for name, t in module.named_buffers()
+        if name.rsplit(".", 1)[-1] in QUANTIZED_TENSORS
+    }
+    module.to(dtype)
+    for name, t in kept.items():
+        owner, attr = name.rsplit(".", 1)
+        setattr(module.get_submodule(owner), attr, t)
+    return module
 
 
 # --- what an exported graph holds -----------------------------------------------------------------

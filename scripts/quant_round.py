@@ -27,44 +27,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.measure import percentile
+from benchmarks.measure import Timer, time_fn
 from calibration.calibrate import main as calibrate_main
 from calibration.fidelity import snr_summary, summarize
 from calibration.report import DEFAULT_PROMPTS
 from calibration.trajectories import PROMPTS_FILE, calibration_bpms, read_prompts, record_dit_calls
 from export.quant_scales import load_calibration
-from export.quant_torch import package_quantized_gemms, quantize_dit_torch
+from export.quant_torch import cast_unquantized, package_quantized_gemms, quantize_dit_torch
 from export.spec import export_model, graph_for, make_specs
 from export.torch_backend import compile_package
 from presto_ref.checkpoint import random_model
 from presto_ref.pipeline import Presto
-
-
-def time_ms(run, inputs, runs: int, warmup: int = 5) -> list[float]:
-    """Milliseconds of each of `runs` calls after `warmup` (CUDA events; wall clock on the CPU)."""
-    for _ in range(warmup):
-        run(*inputs)
-    times = []
-    for _ in range(runs):
-        if inputs[0].device.type == "cpu":  # a trial of this script off the GPU
-            start = time.perf_counter()
-            run(*inputs)
-            times.append((time.perf_counter() - start) * 1e3)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run(*inputs)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
 
 
 class PerBudget(torch.nn.Module):
@@ -86,9 +65,9 @@ def variant(model: Presto, precision: str, calibration, device: torch.device) ->
     if precision != "bf16":
         denoisers = {}
         for budget in model.config.sampler.budgets.distinct_budgets:
-            copy = export_model(model, "bf16")
+            copy = export_model(model, "fp32")  # quantized in fp32, as the builds do
             quantize_dit_torch(copy.dit, budget, calibration.layers(budget), precision)
-            denoisers[budget] = copy.denoiser
+            denoisers[budget] = cast_unquantized(copy, torch.bfloat16).denoiser
         clone.denoiser = PerBudget(denoisers)
     return clone.to(device)
 
@@ -199,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                 (spec,) = make_specs(
                     model, "bf16", (batch,), (frames,), (args.budget,), components=("dit",)
                 )
-                clone = export_model(model, "bf16")
+                clone = export_model(model, "fp32" if q != "bf16" else "bf16")
                 if q != "bf16":
                     layers = calibration_of(q).layers(args.budget)
                     quantize_dit_torch(clone.dit, args.budget, layers, q)
+                    cast_unquantized(clone, torch.bfloat16)
                 module = graph_for(clone, "dit", args.budget).to(dev)
                 path = work / f"dit-b{args.budget}-{q}-{batch}x{frames}.pt2"
                 start = time.perf_counter()
@@ -213,17 +193,16 @@ def main(argv: list[str] | None = None) -> int:
                 build_s = time.perf_counter() - start
                 del module, clone
                 run = torch._inductor.aoti_load_package(str(path))
+                inputs = spec.sample_inputs(seed=1, device=dev)
                 with torch.no_grad():
-                    times = time_ms(run, spec.sample_inputs(seed=1, device=dev), args.runs)
-                median = statistics.median(times)
+                    timing = time_fn(Timer(dev), lambda _, f=run, x=inputs: f(*x), args.runs, 5)
                 row = {
                     "precision": q,
                     "batch": batch,
                     "build_s": round(build_s, 1),
                     "quantized_gemm_calls": package_quantized_gemms(path),
-                    "median_ms": median,
-                    "p90_ms": percentile(sorted(times), 0.9),
-                    "rows_per_s": batch / median * 1e3,
+                    **timing,
+                    "rows_per_s": batch / timing["median_ms"] * 1e3,
                 }
                 doc.setdefault("speed", []).append(row)
                 print(json.dumps(row), flush=True)

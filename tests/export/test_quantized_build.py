@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from export import build_folder
 from export.build import main as build_main
@@ -218,10 +219,12 @@ def test_a_bf16_torch_build_runs_its_quantized_dit_at_bf16(calibrations, monkeyp
     would take minutes here; the test above compiles one)."""
     from export import builders
 
-    seen = []
+    seen, modules = [], []
 
     def record(spec, ctx):
         seen.append(spec)
+        if spec.quantization is not None:  # the module the real builder would compile
+            modules.append(builders.quantized_torch_module(spec, ctx)[0])
         name = f"{spec.name}-cpu.pt2"
         (ctx.staging / name).write_bytes(b"package")
         return name, {}
@@ -238,6 +241,18 @@ def test_a_bf16_torch_build_runs_its_quantized_dit_at_bf16(calibrations, monkeyp
     (art,) = manifest.find("dit", "torch")
     assert (art.precision, art.quantization) == ("bf16", "int8")
     assert art.calibration_sha256 is not None
+    # bf16 around the GEMMs; the 8-bit weights and fp32 scales as the Q/DQ graph computes them
+    (module,) = modules
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    kinds = {name.rsplit(".", 1)[-1]: t.dtype for name, t in tensors.items()}
+    assert kinds["weight_q"] == torch.int8 and kinds["weight_scale"] == torch.float32
+    assert {t.dtype for n, t in tensors.items() if "norm" in n} == {torch.bfloat16}
+    # weight bytes: those of the bf16 call, less one byte for each quantized weight (8-bit, not 16)
+    from presto_ref.flops import forward_cost
+
+    bf16 = forward_cost(TINY, "dit", 1, art.frames, 2, "bf16").weight_bytes
+    quantized = sum(t.numel() for n, t in tensors.items() if n.endswith("weight_q"))
+    assert art.weight_bytes == bf16 - quantized, (art.weight_bytes, bf16, quantized)
 
 
 @pytest.fixture(scope="module")
