@@ -14,9 +14,12 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import pickle
+import queue
 import statistics
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +30,8 @@ from presto_common.errors import ServerError
 log = logging.getLogger("benchmarks.serve")
 
 MAX_ERROR_MESSAGES = 5  # distinct error messages kept in the report
+STARTUP_TIMEOUT_S = 120.0  # client processes import tritonclient and numpy before the load starts
+RESULT_TIMEOUT_S = 600.0  # after the window: the last request's timeout and the records' transfer
 Record = tuple[float, float, float, "str | None"]  # start, end (s), audio seconds, error message
 
 
@@ -95,10 +100,12 @@ def _drive(
     seeds: itertools.count,
     start: float,
     run_s: float,
+    stop: Any = None,
 ) -> list[Record]:
     """`threads` workers in this process, sending until start + run_s; their records. The first
-    exception of any worker stops the others and is raised."""
-    seed_lock, stop = threading.Lock(), threading.Event()
+    exception of any worker sets `stop` (a threading or multiprocessing Event, shared by every
+    client process; a new one by default), which ends every worker, and is raised."""
+    seed_lock, stop = threading.Lock(), stop or threading.Event()
     records: list[Record] = []
     failures: list[BaseException] = []
     end = start + run_s
@@ -134,27 +141,55 @@ def _drive(
 def _drive_processes(
     make_client: Callable[[], Any], concurrency: int, request: tuple, processes: int, run_s: float
 ) -> tuple[float, list[Record]]:
-    """The workers spread over `processes` spawned processes that start together; (start, records)."""
+    """The workers spread over `processes` spawned processes that start together; (start, records).
+    The first failure in any of them stops them all and is raised here."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds client threads
     shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     ready, go = ctx.Barrier(processes + 1), ctx.Barrier(processes + 1)
-    start_at, results = ctx.Value("d", 0.0), ctx.Queue()
+    start_at, stop, results = ctx.Value("d", 0.0), ctx.Event(), ctx.Queue()
     children = [
         ctx.Process(
             target=_child,
-            args=(make_client, share, request, i, processes, run_s, ready, go, start_at, results),
+            args=(
+                make_client,
+                share,
+                request,
+                i,
+                processes,
+                run_s,
+                ready,
+                go,
+                start_at,
+                stop,
+                results,
+            ),
             daemon=True,
         )
         for i, share in enumerate(shares)
     ]
-    for child in children:
-        child.start()
+    outcomes = []
     try:
-        ready.wait(timeout=120)  # every child has imported and is waiting
-        start_at.value = time.monotonic()
-        go.wait(timeout=120)
-        outcomes = [results.get(timeout=run_s + 600) for _ in children]
+        for child in children:
+            child.start()
+        try:
+            ready.wait(timeout=STARTUP_TIMEOUT_S)  # every child has imported and is waiting
+            start_at.value = time.monotonic()
+            go.wait(timeout=STARTUP_TIMEOUT_S)
+        except threading.BrokenBarrierError:
+            raise RuntimeError(
+                f"the client processes did not start within {STARTUP_TIMEOUT_S:g} s (exit codes "
+                f"{[c.exitcode for c in children]}); run with --processes 1 to see the error here"
+            ) from None
+        for _ in children:
+            try:
+                outcomes.append(results.get(timeout=run_s + RESULT_TIMEOUT_S))
+            except queue.Empty:
+                raise RuntimeError(
+                    f"a client process sent no result {RESULT_TIMEOUT_S:g} s after the load ended "
+                    f"(exit codes {[c.exitcode for c in children]}); run with --processes 1"
+                ) from None
     finally:
+        stop.set()
         for child in children:
             child.join(timeout=10)
             if child.is_alive():
@@ -167,17 +202,22 @@ def _drive_processes(
     return start_at.value, records
 
 
-def _child(make_client, threads, request, index, processes, run_s, ready, go, start_at, results):
-    """One client process: its threads' records, or the exception that stopped them, on `results`."""
+def _child(make_client, threads, request, index, processes, run_s, ready, go, start_at, stop, out):
+    """One client process: its threads' records, or the exception that stopped them, on `out`."""
     try:
         ready.wait()
         go.wait()
         seeds = itertools.count(1 + index, processes)  # every process its own seeds
-        results.put(
-            ("records", _drive(make_client, threads, request, seeds, start_at.value, run_s))
+        out.put(
+            ("records", _drive(make_client, threads, request, seeds, start_at.value, run_s, stop))
         )
     except BaseException as err:  # sent to the parent, which raises it
-        results.put(("error", err))
+        stop.set()
+        try:
+            pickle.dumps(err)
+        except Exception:  # an exception that cannot cross processes: its traceback can
+            err = RuntimeError(f"in a client process:\n{traceback.format_exc()}")
+        out.put(("error", err))
 
 
 def _close(client: Any) -> None:

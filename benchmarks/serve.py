@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--concurrency {args.concurrency} must be >= 1")
     if args.processes is not None and args.processes < 1:
         p.error(f"--processes {args.processes} must be >= 1")
-    processes = args.processes or min(args.concurrency, os.cpu_count() or 1)
+    # no more processes than workers: the JSON records what ran
+    processes = min(args.processes or os.cpu_count() or 1, args.concurrency)
     if not args.duration_s > 0 or not args.warmup_s >= 0 or not args.timeout_s > 0:
         p.error("--duration-s and --timeout-s must be > 0 seconds, --warmup-s >= 0")
     setup_logging(args)

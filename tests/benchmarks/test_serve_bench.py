@@ -173,13 +173,17 @@ class FileClient:
     """Picklable for client processes: answers 0.5 s of audio after SLEEP_S and appends each
     seed to a file of its own in `folder`."""
 
-    def __init__(self, folder: str, fail_outside_pid: int | None = None) -> None:
+    def __init__(
+        self, folder: str, fail_outside_pid: int | None = None, fail_odd_seeds: bool = False
+    ) -> None:
         self.path = Path(folder) / f"seeds-{uuid.uuid4().hex}.txt"
-        self.fail_outside_pid = fail_outside_pid
+        self.fail_outside_pid, self.fail_odd_seeds = fail_outside_pid, fail_odd_seeds
 
     def generate(self, prompt, seed, duration_s=None, mono=False):
         if self.fail_outside_pid not in (None, os.getpid()):
             raise KeyError(f"bug in process {os.getpid()}")
+        if self.fail_odd_seeds and seed % 2:
+            raise KeyError(f"bug at seed {seed}")
         time.sleep(SLEEP_S)
         with self.path.open("a") as f:
             f.write(f"{seed}\n")
@@ -202,6 +206,16 @@ def test_a_failure_in_a_client_process_is_raised_here(tmp_path) -> None:
     make_client = functools.partial(FileClient, str(tmp_path), os.getpid())
     with pytest.raises(KeyError, match="bug in process"):
         load.run_load(make_client, 2, duration_s=1.0, warmup_s=0.0, processes=2)
+
+
+def test_a_failure_in_one_client_process_stops_the_others(tmp_path) -> None:
+    """Two processes: the first draws seeds 1, 3, 5... and fails at once; the second, whose seeds
+    are even, would run the whole 60 s window if the failure did not stop it too."""
+    make_client = functools.partial(FileClient, str(tmp_path), None, True)
+    start = time.monotonic()
+    with pytest.raises(KeyError, match="bug at seed"):
+        load.run_load(make_client, 2, duration_s=60.0, warmup_s=0.0, processes=2)
+    assert time.monotonic() - start < 30  # start-up (spawn, imports) plus one request, not 60 s
 
 
 # --- main -----------------------------------------------------------------------------------------
