@@ -166,7 +166,7 @@ class EngineBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         dits = self.pipe.manifest.find("dit", self.pipe.backend)
-        quantization = sorted({a.quantization for a in dits if a.quantization})
+        quantization = dit_quantizations(dits)
         return {
             "kind": "engines",
             "folder": str(self.folder),
@@ -230,13 +230,16 @@ class EngineBackend(Backend):
         free_memory(self.device)
 
 
+def dit_quantizations(dits) -> list[str]:
+    """The quantizations ("fp8", "int8") of DiT artifacts, sorted; [] for unquantized ones."""
+    return sorted({a.quantization for a in dits if a.quantization})
+
+
 def build_label(manifest: Manifest) -> str:
     """What tells a build apart in backend names: its DiT's quantization ("fp8"), else the DiT's
     precision ("bf16")."""
     dits = [a for a in manifest.artifacts if a.component == "dit"]
-    kinds = sorted({a.quantization for a in dits if a.quantization}) or sorted(
-        {a.precision for a in dits}
-    )
+    kinds = dit_quantizations(dits) or sorted({a.precision for a in dits})
     return "+".join(kinds) or "no-dit"
 
 

@@ -190,6 +190,10 @@ def run_benchmark(
     # 1. Open every backend first: unavailable ones fail before anything is timed.
     backends = [open_backend(spec, engines, device, checkpoint, init_seed) for spec in specs]
     for folder in also_engines:
+        if Path(folder).resolve() == Path(engines).resolve():
+            raise InputError(
+                f"--also-engines {folder} is the --engines build itself; give another build"
+            )
         other = Manifest.load(folder)
         if other.config_hash != manifest.config_hash:
             raise ArtifactError(
@@ -205,8 +209,10 @@ def run_benchmark(
         ]
     names = [b.name for b in backends]
     if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
         raise InputError(
-            f"two builds give the same backend names ({', '.join(names)}); pass each build once"
+            f"two builds give the same backend name {', '.join(twice)} (their DiTs have the same "
+            "quantization or precision); time them in separate runs"
         )
     dev = backends[0].device
     frames = choose_frames(backends)

@@ -39,8 +39,9 @@ class Build:
         """What its DiT engines are: precision, quantization, calibration sha256 (manifest)."""
         dits = self.pipe.catalog.found("dit")
 
-        def one(name: str) -> list[str]:  # the values over its DiT artifacts, "None" for none
-            return sorted({str(getattr(a, name, None)) for a in dits})
+        def one(name: str) -> list:  # the distinct values over its DiT artifacts (None: null)
+            values = {getattr(a, name, None) for a in dits}
+            return sorted(values - {None}) + ([None] if None in values else [])
 
         return {
             "folder": str(self.folder),

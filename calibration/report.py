@@ -140,10 +140,14 @@ def format_table(report: dict) -> str:
         f"{len(report['prompts'])} prompts x {len(report['seeds'])} seeds, "
         f"{report['duration_s']:.2f} s"
     ]
+
+    def values(items: list, width: int | None = None) -> str:
+        return ",".join("none" if v is None else str(v)[:width] for v in items)
+
     for label, b in report["builds"].items():
         lines.append(
-            f"  {label}: {b['folder']}  precision {','.join(b['precision'])}  quantization "
-            f"{','.join(b['quantization'])}  calibration {','.join(s[:12] for s in b['calibration_sha256'])}"
+            f"  {label}: {b['folder']}  precision {values(b['precision'])}  quantization "
+            f"{values(b['quantization'])}  calibration {values(b['calibration_sha256'], 12)}"
         )
     names = list(report["dit_steps"][0]["x0"])
     width = max(len(n) for n in names)

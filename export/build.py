@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantization",
         choices=QUANTIZATIONS,
-        help="quantize the DiT's GEMMs (Q/DQ; its other operations stay fp32) with --calibration's "
-        "scales; the other components stay at --precision",
+        help="quantize the DiT's GEMMs (Q/DQ in ONNX, real FP8/INT8 kernels in torch packages) with "
+        "--calibration's scales; everything else stays at --precision",
     )
     p.add_argument(
         "--calibration",

@@ -100,8 +100,8 @@ def build_folder(
     device: where torch packages are compiled. verify: check ONNX files on ONNX Runtime.
     reuse_from: other build folders to take matching artifacts from. on_artifact: called as each
     artifact is done. quantization ("fp8" or "int8") with calibration (a folder written by
-    `python -m calibration.calibrate` for this model): the DiT's GEMMs quantized with its scales,
-    the DiT's other operations in fp32; the other components stay at `precision`.
+    `python -m calibration.calibrate` for this model): the DiT's GEMMs quantized with its scales;
+    everything else, the DiT's other operations included, stays at `precision`.
 
     `out` must be missing, an empty folder or an earlier build (a folder holding manifest.json);
     anything else is refused before the model is loaded (`check_out`).

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from export.quant_scales import FP8_MIN_CAPABILITY
 from export.spec import check_buckets
 from export.trt_build import DEFAULT_RTX_COMPUTE_CAPABILITIES, TRT_FLAVORS
 from presto_common.errors import ArtifactError, BackendUnavailable, ConfigError
@@ -179,9 +180,6 @@ def plan_build(
     )
 
 
-FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and later; RTX refuses FP8 for 8.0
-
-
 def _capability(text: str) -> tuple[int, int]:
     """'8.9' -> (8, 9); ConfigError for anything else."""
     major, _, minor = str(text).partition(".")
@@ -238,6 +236,11 @@ def _check_quantization(
         raise ConfigError(
             f"budget {missing[0]} is not in --calibration {folder} (calibrated: {calibrated}); "
             f"build --budgets {','.join(map(str, calibrated))} or calibrate a schedule using it"
+        )
+    if not summary.get("scales_sha256"):
+        raise ArtifactError(
+            f"--calibration {folder}: its summary has no scales_sha256 (an unfinished or edited "
+            f"calibration); calibrate again with `{make}`"
         )
     return folder, str(summary["scales_sha256"])
 

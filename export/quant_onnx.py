@@ -11,13 +11,14 @@ y = x W^T + b becomes
     fp8   E4M3, per tensor for x and W, scale = amax / 448; no smoothing.
 
 Quantized: the token-wise GEMMs of every block that the budget runs, in export/fuse.py's fused
-form, so the graph has the fp32 graph's GEMMs: attention [q|k|v] (over the audio tokens, and its
-[k|v] rows over the text tokens) and o, feed-forward [w1|w3] and w2. The rest stays fp32 as in the
-fp32 graph: norms, the preconditioning, rotary angles, attention's QK^T, softmax and PV (TensorRT's
-FP8 attention needs a head width divisible by 16; the paper's is 72), and the small Linears of the
-conditioning path (noise, BPM and budget embeddings, adaLN), the text projection and the first and
-last projections (proj_in, proj_out), which together are under 0.1% of the DiT's FLOPs at paper
-scale and sit where errors matter most.
+form, so the graph has the unquantized graph's GEMMs: attention [q|k|v] (over the audio tokens, and
+its [k|v] rows over the text tokens) and o, feed-forward [w1|w3] and w2. The rest stays as in the
+unquantized graph at the build's precision (`quantized_dit_model` computes the scales in fp32,
+then casts all but the zero points): norms, the preconditioning, rotary angles, attention's QK^T,
+softmax and PV (TensorRT's FP8 attention needs a head width divisible by 16; the paper's is 72),
+and the small Linears of the conditioning path (noise, BPM and budget embeddings, adaLN), the text
+projection and the first and last projections (proj_in, proj_out), which together are under 0.1%
+of the DiT's FLOPs at paper scale and sit where errors matter most.
 
 Fused GEMMs need one input scale and, for int8, one smoothing factor per input channel: o and w2
 use ModelOpt's as calibrated; [q|k|v] and [w1|w3] get ModelOpt's formula applied to the members'

@@ -30,7 +30,9 @@ SCALES_FILE = "scales.safetensors"
 SUMMARY_FILE = "calibration.json"
 FORMAT = "presto-calibration"
 FORMAT_VERSION = 1
-PRECISIONS = QUANTIZATIONS  # what a calibration's "precision" may be
+# FP8 tensor cores: Ada (8.9) and later. torch._scaled_mm needs them, and TensorRT-RTX refuses FP8
+# for 8.0; export.plan and export.quant_torch both check against this.
+FP8_MIN_CAPABILITY = (8, 9)
 FIELDS = ("input_amax", "weight_amax", "smooth", "input_channel_amax")
 # SmoothQuant's migration strength: 0.5 splits the range of outlier channels evenly between
 # activation and weight (SmoothQuant, section 4.2: the sweet spot for most models). ModelOpt's

@@ -63,7 +63,7 @@ class ExportSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     # "fp8" or "int8": a DiT whose GEMMs are quantized (export/quant_onnx.py), its other operations
-    # at `precision` (fp32); None for every other graph.
+    # at `precision`; None for every other graph.
     quantization: str | None = None
 
     @property

@@ -204,7 +204,12 @@ class TritonPythonModel:
             "generate_ms": (gen - read) * 1e3,
             "answer_ms": (end - gen) * 1e3,
         }
-        self._timings.write(json.dumps(line) + "\n")
+        try:
+            self._timings.write(json.dumps(line) + "\n")
+        except OSError as err:  # a full disk must not fail the requests: say so once, stop logging
+            self._pb.Logger.log_warn(f"--timings-log: {err}; no more timings are written")
+            self._timings.close()
+            self._timings = None
 
     def finalize(self) -> None:
         self.pipe.release_graphs()

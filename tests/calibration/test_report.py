@@ -74,7 +74,7 @@ def test_fp32_build_against_itself(fp32_build, prompts_file, tmp_path, capsys):
     engines, against = doc["builds"]  # the same folder twice gets two labels
     assert engines == "fp32" and against != engines
     for b in doc["builds"].values():
-        assert b["precision"] == ["fp32"] and b["quantization"] == ["None"], b
+        assert b["precision"] == ["fp32"] and b["quantization"] == [None], b
     assert doc["backend"] == "onnx" and doc["frames"] == 46 and doc["seeds"] == [0, 1]
     assert doc["environment"]["git_commit"], doc["environment"]
     # One row per step of the tiny 4-step ping-pong schedule, at its budgets.

@@ -15,7 +15,13 @@ import copy
 import pytest
 import torch
 
-from export.quant_onnx import QDQFusedAttention, QDQLinear, fused_scales, quantize_dit
+from export.quant_onnx import (
+    BLOCK_LINEARS,
+    QDQFusedAttention,
+    QDQLinear,
+    fused_scales,
+    quantize_dit,
+)
 from export.quant_scales import LayerScales
 from export.quant_torch import (
     FP8Linear,
@@ -30,11 +36,12 @@ from export.quant_torch import (
 from export.spec import dit_spec, export_model, graph_for
 from export.verify import compare
 from presto_common.errors import ArtifactError, ConfigError
+from presto_common.names import QUANTIZATIONS
 from presto_ref.dit import blocks_for_budget
 
-PRECISIONS = ("fp8", "int8")
+PRECISIONS = QUANTIZATIONS
 BATCH, FRAMES = 1, 32  # 32 audio tokens and 128 text tokens per call: quick, and M > 16
-LAYERS = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn.w1", "ffn.w3", "ffn.w2")
+LAYERS = BLOCK_LINEARS  # a block's calibrated Linears, in block_scales' order
 CALIBRATION_CALLS = ((1, 0.05), (2, 1.0), (3, 20.0))  # (seed, sigma)
 HELD_OUT_CALLS = ((5, 0.5), (6, 1.0), (7, 10.0))
 # The quantized GEMMs of one block: [q|k|v] over the audio, its [k|v] rows over the text, o,
