@@ -265,4 +265,10 @@ def summarize_load(
         "throughput_audio_s_per_s": audio_s / wall_s,
         "requests_per_s": len(ok) / wall_s,
         "warmup_requests": len([r for r in records if r[0] < window_start]),
+        # every counted request in start order: [start s after the window opened, latency ms, ok];
+        # a tail that recurs (every k-th request, every few seconds) shows here, not in p99
+        "timeline": [
+            [round(begin - window_start, 4), round((end - begin) * 1e3, 3), error is None]
+            for begin, end, _, error in sorted(counted, key=lambda r: r[0])
+        ],
     }

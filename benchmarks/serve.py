@@ -17,10 +17,11 @@ exits 1.
 The last stdout line is one JSON document; --json PATH writes it too:
     {command, config, started_at, finished_at, server: {server, model}, metrics_url,
      gpu_memory: {start, end}, environment, processes, concurrency, duration_s, warmup_s, wall_s,
-     requests, ok, errors, error_messages, latency_ms: {p50, p90, p99, min, max, mean}, audio_s_per_request,
-     throughput_audio_s_per_s, requests_per_s, warmup_requests, server_time: {inferences,
-     executions, rows_per_execution, execution_rows, ms_per_request: {queue, compute_input,
-     compute_infer, compute_output}}}
+     requests, ok, errors, error_messages, latency_ms: {p50, p90, p99, min, max, mean},
+     audio_s_per_request, throughput_audio_s_per_s, requests_per_s, warmup_requests,
+     timeline: [[start s, latency ms, ok], ...], server_time: {inferences, executions,
+     rows_per_execution, execution_rows, ms_per_request: {queue, compute_input, compute_infer,
+     compute_output}}}
 
 server_time comes from Triton's statistics extension, read before and after the run (warm-up
 included): per request, the milliseconds queued, copying inputs, computing (the whole chain and the

@@ -139,6 +139,9 @@ def test_summarize_load_percentiles_errors_and_throughput() -> None:
     assert r["wall_s"] == pytest.approx(wall)
     assert r["throughput_audio_s_per_s"] == pytest.approx(90 * 2.0 / wall)
     assert r["requests_per_s"] == pytest.approx(90 / wall)
+    timeline = r["timeline"]  # the counted requests in start order, failures marked
+    assert len(timeline) == 100 and timeline[0] == [0.0, 1.0, False]
+    assert timeline[1] == [0.01, 2.0, True] and sum(not ok for _, _, ok in timeline) == 10
 
 
 def test_a_refused_probe_stops_the_load_before_it_starts() -> None:
