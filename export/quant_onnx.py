@@ -32,6 +32,7 @@ is needed for the float8e4m3fn zero point (QuantizeLinear-19).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,23 @@ def fused_scales(members: list[LayerScales], weight: Tensor, precision: str) -> 
     )
 
 
+def attention_scales(
+    q: LayerScales, k: LayerScales, v: LayerScales, weight: Tensor, precision: str
+) -> tuple[LayerScales, Tensor]:
+    """The fused [q|k|v] GEMM's scales (weight (3D, D), input range that of the audio tokens) and
+    the input range () of the text tokens, which read its [k|v] rows with the same smoothing.
+
+    q reads the audio tokens alone, k and v read [audio; text]: q's range is the audio's and k's
+    bounds the text. Both the Q/DQ graph and export/quant_torch.py quantize attention by this."""
+    qkv = fused_scales([q, k, v], weight.detach().float().cpu(), precision)  # (3D, D)
+    if precision == "int8":
+        audio_amax = (q.input_channel_amax * qkv.smooth).amax()
+        text_amax = (k.input_channel_amax * qkv.smooth).amax()
+    else:
+        audio_amax, text_amax = q.input_amax, k.input_amax
+    return dataclasses.replace(qkv, input_amax=audio_amax), text_amax
+
+
 class QDQFusedAttention(nn.Module):
     """export.fuse.FusedAttention with both of its GEMMs quantized, run by its own forward (so the
     attention itself stays whatever export/ makes it): [q|k|v] over the audio tokens and the [k|v]
@@ -198,14 +216,8 @@ class QDQFusedAttention(nn.Module):
     ) -> None:
         """Takes over `attn` (its qkv and o are replaced in place)."""
         super().__init__()
-        qkv = fused_scales([q, k, v], attn.qkv.weight.detach().float(), precision)  # (3D, D)
-        # q reads the audio tokens alone, k and v read [audio; text]: k's range bounds the text.
-        if precision == "int8":
-            audio_amax = (q.input_channel_amax * qkv.smooth).amax()
-            text_amax = (k.input_channel_amax * qkv.smooth).amax()
-        else:
-            audio_amax, text_amax = q.input_amax, k.input_amax
-        attn.qkv = QDQLinear(attn.qkv, dataclasses.replace(qkv, input_amax=audio_amax), precision)
+        qkv, text_amax = attention_scales(q, k, v, attn.qkv.weight, precision)
+        attn.qkv = QDQLinear(attn.qkv, qkv, precision)
         attn.o = QDQLinear(attn.o, o, precision)
         self.attention = attn
         self.text_input = QDQInput(text_amax, qkv.smooth, precision)
@@ -228,17 +240,33 @@ def quantize_dit(
     `layers` are the calibration's scales, named as in presto_ref's unfused DiT. Returns the
     quantized layers' names (fused names). ArtifactError if a needed layer has no scales.
     """
+    return quantize_blocks(dit, budget, layers, precision, QDQFusedAttention, QDQLinear)
+
+
+def quantize_blocks(
+    dit: DiT,
+    budget: int,
+    layers: dict[str, LayerScales],
+    precision: str,
+    attention: Callable[..., nn.Module],
+    linear: Callable[[nn.Linear, LayerScales, str], nn.Module],
+) -> list[str]:
+    """quantize_dit's loop with the modules as arguments, so the Q/DQ graph (QDQFusedAttention,
+    QDQLinear) and the torch packages (export/quant_torch.py's real-kernel ones) quantize the same
+    GEMMs with the same scales: attention(attn, q, k, v, o, precision) replaces each run block's
+    attention, linear(linear, scales, precision) its [w1|w3] and w2. Returns the fused names."""
     quantized = []
     for i in blocks_for_budget(dit.cfg.num_blocks, budget):
         block, p = dit.blocks[i], f"blocks.{i}."
-        assert isinstance(block.attn, FusedAttention) and isinstance(block.ffn, FusedSwiGLU), (
-            "quantize_dit expects the fused DiT of export.spec.export_model"
+        # exactly FusedAttention: a quantized one (of either kind) is not quantized twice
+        assert type(block.attn) is FusedAttention and isinstance(block.ffn, FusedSwiGLU), (
+            f"block {i} is not the fused, unquantized block of export.spec.export_model"
         )
         q, k, v, o, w1, w3, w2 = block_scales(layers, budget, i)
-        block.attn = QDQFusedAttention(block.attn, q, k, v, o, precision)
-        w13 = fused_scales([w1, w3], block.ffn.w13.weight.detach().float(), precision)
-        block.ffn.w13 = QDQLinear(block.ffn.w13, w13, precision)
-        block.ffn.w2 = QDQLinear(block.ffn.w2, w2, precision)
+        block.attn = attention(block.attn, q, k, v, o, precision)
+        w13 = fused_scales([w1, w3], block.ffn.w13.weight.detach().float().cpu(), precision)
+        block.ffn.w13 = linear(block.ffn.w13, w13, precision)
+        block.ffn.w2 = linear(block.ffn.w2, w2, precision)
         quantized += [p + n for n in QUANTIZED_GEMMS]
     return quantized
 

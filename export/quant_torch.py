@@ -23,7 +23,6 @@ Kernel shape rules (CUDA; the CPU kernels take any shape):
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import zipfile
 from pathlib import Path
@@ -32,19 +31,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.fuse import FusedAttention, FusedSwiGLU
+from export.fuse import FusedAttention
 from export.quant_onnx import (
     FP8_E4M3_MAX,
     INT8_MAX,
     MIN_AMAX,
-    QUANTIZED_GEMMS,
-    block_scales,
-    fused_scales,
+    attention_scales,
+    quantize_blocks,
 )
 from export.quant_scales import FP8_MIN_CAPABILITY, LayerScales
 from presto_common.errors import ArtifactError, ConfigError
 from presto_common.names import QUANTIZATIONS
-from presto_ref.dit import DiT, blocks_for_budget
+from presto_ref.dit import DiT
 
 # CUDA kernels' shape rules (cuBLASLt): FP8 needs K and N in multiples of 16, INT8 multiples of 8
 # and more than 16 rows.
@@ -235,17 +233,9 @@ class QuantFusedAttention(FusedAttention):
     ) -> None:
         nn.Module.__init__(self)  # FusedAttention's own __init__ builds from presto_ref's Attention
         self.num_heads, self.width = attn.num_heads, attn.width
-        qkv = fused_scales([q, k, v], attn.qkv.weight.detach().float().cpu(), precision)  # (3D, D)
-        # As in the Q/DQ graph: q reads the audio tokens alone, k and v read [audio; text], so k's
-        # range bounds the text.
-        if precision == "int8":
-            audio_amax = (q.input_channel_amax * qkv.smooth).amax()
-            text_amax = (k.input_channel_amax * qkv.smooth).amax()
-            qmax = INT8_MAX
-        else:
-            audio_amax, text_amax, qmax = q.input_amax, k.input_amax, FP8_E4M3_MAX
-        scales = dataclasses.replace(qkv, input_amax=audio_amax)
-        self.qkv = quant_linear(attn.qkv, scales, precision)
+        qkv, text_amax = attention_scales(q, k, v, attn.qkv.weight, precision)  # the Q/DQ graph's
+        qmax = INT8_MAX if precision == "int8" else FP8_E4M3_MAX
+        self.qkv = quant_linear(attn.qkv, qkv, precision)
         self.o = quant_linear(attn.o, o, precision)
         device = self.qkv.input_scale.device
         self.register_buffer("text_scale", input_scale(text_amax, qmax).to(device))
@@ -270,20 +260,7 @@ def quantize_dit_torch(
         raise ConfigError(
             f"precision {precision!r} cannot be quantized; choose one of {QUANTIZATIONS}"
         )
-    quantized = []
-    for i in blocks_for_budget(dit.cfg.num_blocks, budget):
-        block, p = dit.blocks[i], f"blocks.{i}."
-        assert isinstance(block.attn, FusedAttention) and isinstance(block.ffn, FusedSwiGLU), (
-            "quantize_dit_torch expects the fused DiT of export.spec.export_model"
-        )
-        assert not isinstance(block.attn, QuantFusedAttention), f"block {i} is already quantized"
-        q, k, v, o, w1, w3, w2 = block_scales(layers, budget, i)
-        block.attn = QuantFusedAttention(block.attn, q, k, v, o, precision)
-        w13 = fused_scales([w1, w3], block.ffn.w13.weight.detach().float().cpu(), precision)
-        block.ffn.w13 = quant_linear(block.ffn.w13, w13, precision)
-        block.ffn.w2 = quant_linear(block.ffn.w2, w2, precision)
-        quantized += [p + n for n in QUANTIZED_GEMMS]
-    return quantized
+    return quantize_blocks(dit, budget, layers, precision, QuantFusedAttention, quant_linear)
 
 
 # The quantized layers' own tensors: 8-bit weights and fp32 scales, whose dtypes are the format.
