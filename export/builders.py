@@ -81,10 +81,12 @@ def build_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
             "file": result.data_path.name,
             "sha256": sha256_file(result.data_path),
         }
-    if ctx.plan.verify and (skipped := _ort_cannot_run(spec, ctx, result.path)):
-        details["verify_skipped"] = skipped
-    elif ctx.plan.verify:
-        parity = check_onnx(ctx.reference, spec, result.path)
+    if ctx.plan.verify:
+        try:
+            parity = check_onnx(ctx.reference, spec, result.path)
+        except _ort_refusals() as err:
+            details["verify_skipped"] = _bf16_refusal(spec, err)
+            return result.path.name, details
         details["parity"] = {
             "rel_l2": parity.rel_l2,
             "cosine": parity.cosine,
@@ -99,34 +101,27 @@ def build_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
     return result.path.name, details
 
 
-def _ort_cannot_run(spec: ExportSpec, ctx: BuildContext, path) -> str | None:
-    """Why ONNX Runtime's CPU provider cannot check this bf16 graph, or None when it can (and for
-    every other precision). It has no bf16 Conv, MatMul, Add or Where; any other refusal is
-    raised."""
-    if spec.precision != "bf16":
-        return None
-    try:  # ORT refuses such graphs at load (InvalidGraph: no bf16 Conv) or at run (NotImplemented)
+def _ort_refusals() -> tuple[type[Exception], ...]:
+    """ONNX Runtime's errors for a graph it cannot load (InvalidGraph) or has no kernel for
+    (NotImplemented); () where it is not installed (run_onnx then says how to install it)."""
+    try:
         from onnxruntime.capi.onnxruntime_pybind11_state import InvalidGraph
         from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
-    except ImportError:  # check_onnx then says how to install it
-        return None
+    except ImportError:
+        return ()
+    return InvalidGraph, OrtNotImplemented
 
-    from export.verify import run_onnx
 
-    try:
-        run_onnx(path, spec, spec.sample_inputs(0))
-    except (InvalidGraph, OrtNotImplemented) as err:
-        # NOT_IMPLEMENTED is a missing kernel; an invalid graph must be invalid for its bf16 types,
-        # else it is an export bug that check_onnx must not hide.
-        if isinstance(err, InvalidGraph) and "bfloat16" not in str(err):
-            raise
-        reason = (
-            f"ONNX Runtime's CPU provider cannot run this {spec.precision} graph: "
-            + (str(err).split(" : ")[-1])
-        )
-        log.warning("  %s not verified: %s", spec.name, reason)
-        return reason
-    return None
+def _bf16_refusal(spec: ExportSpec, err: Exception) -> str:
+    """Why ONNX Runtime's CPU provider could not check this bf16 graph (it has no bf16 Conv,
+    MatMul, Add or Where), logged as a warning; `err` is raised again for any other graph, and for
+    an invalid graph whose fault is not its bf16 types: an export bug verify must not hide."""
+    invalid = type(err).__name__ == "InvalidGraph"
+    if spec.precision != "bf16" or (invalid and "bfloat16" not in str(err)):
+        raise err
+    reason = f"ONNX Runtime's CPU provider cannot run this bf16 graph: {str(err).split(' : ')[-1]}"
+    log.warning("  %s not verified: %s", spec.name, reason)
+    return reason
 
 
 def build_quantized_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
