@@ -27,7 +27,6 @@ import torch
 from export.plan import BuildPlan
 from export.spec import ExportSpec
 from presto_common.errors import EngineBuildError
-from presto_common.names import torch_dtype
 from presto_ref.pipeline import Presto
 from runtime.manifest import sha256_file
 
@@ -252,14 +251,13 @@ def quantized_torch_module(spec: ExportSpec, ctx: BuildContext) -> tuple[torch.n
     fake-quantized ones, and how many it has: a fresh fp32 export copy of the reference is
     quantized (the Q/DQ graph's scales), then cast to spec.precision but its 8-bit weights and
     fp32 scales."""
-    from export.quant_torch import cast_unquantized, quantize_dit_torch  # quantized builds only
-    from export.spec import export_model, graph_for
+    from export.quant_torch import quantized_torch_model  # quantized builds only
+    from export.spec import graph_for
 
     assert ctx.calibration is not None and spec.budget is not None, "a quantized DiT spec"
-    clone = export_model(ctx.reference, "fp32")
-    layers = ctx.calibration.layers(spec.budget)
-    names = quantize_dit_torch(clone.dit, spec.budget, layers, ctx.calibration.precision)
-    cast_unquantized(clone, torch_dtype(spec.precision))
+    clone, names = quantized_torch_model(
+        ctx.reference, spec.budget, ctx.calibration, spec.precision
+    )
     return graph_for(clone, "dit", spec.budget), len(names)
 
 

@@ -39,10 +39,12 @@ from export.quant_onnx import (
     attention_scales,
     quantize_blocks,
 )
-from export.quant_scales import FP8_MIN_CAPABILITY, LayerScales
+from export.quant_scales import FP8_MIN_CAPABILITY, Calibration, LayerScales
+from export.spec import export_model
 from presto_common.errors import ArtifactError, ConfigError
-from presto_common.names import QUANTIZATIONS
+from presto_common.names import QUANTIZATIONS, torch_dtype
 from presto_ref.dit import DiT
+from presto_ref.pipeline import Presto
 
 # CUDA kernels' shape rules (cuBLASLt): FP8 needs K and N in multiples of 16, INT8 multiples of 8
 # and more than 16 rows.
@@ -281,6 +283,20 @@ def cast_unquantized(module: nn.Module, dtype: torch.dtype) -> nn.Module:
         owner, attr = name.rsplit(".", 1)
         setattr(module.get_submodule(owner), attr, t)
     return module
+
+
+def quantized_torch_model(
+    model: Presto, budget: int, calibration: Calibration, precision: str
+) -> tuple[Presto, list[str]]:
+    """An export copy of `model` (export.spec.export_model) whose DiT runs the blocks of `budget`
+    with real FP8/INT8 GEMMs, everything else at `precision`, and the quantized layers' names;
+    `model` is left unchanged. The counterpart of export.quant_onnx.quantized_dit_model: quantized
+    in fp32 (the Q/DQ graph's scales), then cast but for its 8-bit weights and fp32 scales."""
+    clone = export_model(model, "fp32")
+    layers = calibration.layers(budget)
+    names = quantize_dit_torch(clone.dit, budget, layers, calibration.precision)
+    cast_unquantized(clone, torch_dtype(precision))
+    return clone, names
 
 
 # --- what an exported graph holds -----------------------------------------------------------------

@@ -39,7 +39,7 @@ from calibration.fidelity import snr_summary, summarize
 from calibration.report import DEFAULT_PROMPTS
 from calibration.trajectories import PROMPTS_FILE, calibration_bpms, read_prompts, record_dit_calls
 from export.quant_scales import load_calibration
-from export.quant_torch import cast_unquantized, package_quantized_gemms, quantize_dit_torch
+from export.quant_torch import package_quantized_gemms, quantized_torch_model
 from export.spec import export_model, graph_for, make_specs
 from export.torch_backend import compile_package
 from presto_ref.checkpoint import random_model
@@ -65,9 +65,8 @@ def variant(model: Presto, precision: str, calibration, device: torch.device) ->
     if precision != "bf16":
         denoisers = {}
         for budget in model.config.sampler.budgets.distinct_budgets:
-            copy = export_model(model, "fp32")  # quantized in fp32, as the builds do
-            quantize_dit_torch(copy.dit, budget, calibration.layers(budget), precision)
-            denoisers[budget] = cast_unquantized(copy, torch.bfloat16).denoiser
+            copy, _ = quantized_torch_model(model, budget, calibration, "bf16")  # as builds do
+            denoisers[budget] = copy.denoiser
         clone.denoiser = PerBudget(denoisers)
     return clone.to(device)
 
@@ -178,11 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                 (spec,) = make_specs(
                     model, "bf16", (batch,), (frames,), (args.budget,), components=("dit",)
                 )
-                clone = export_model(model, "fp32" if q != "bf16" else "bf16")
-                if q != "bf16":
-                    layers = calibration_of(q).layers(args.budget)
-                    quantize_dit_torch(clone.dit, args.budget, layers, q)
-                    cast_unquantized(clone, torch.bfloat16)
+                if q == "bf16":
+                    clone = export_model(model, "bf16")
+                else:
+                    clone, _ = quantized_torch_model(model, args.budget, calibration_of(q), "bf16")
                 module = graph_for(clone, "dit", args.budget).to(dev)
                 path = work / f"dit-b{args.budget}-{q}-{batch}x{frames}.pt2"
                 start = time.perf_counter()
