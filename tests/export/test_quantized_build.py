@@ -1,5 +1,6 @@
 """`export.build --quantization {fp8,int8} --calibration DIR`: Q/DQ DiT graphs in a build, their
-manifest records, the runtime on them (ORT CPU), TensorRT-RTX engines, and the refused flags.
+manifest records, the runtime on them (ORT CPU), the torch packages, TensorRT-RTX engines (the
+refused flags are tests/export/test_quantization_flags.py).
 
 Run: python -m pytest tests/export/test_quantized_build.py
 
@@ -14,7 +15,6 @@ import collections
 import dataclasses
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,10 @@ import pytest
 import torch
 
 from export import build_folder
-from export.build import main as build_main
 from export.builders import QDQ_PARITY_BOUND
 from export.plan import plan_build
 from export.reuse import artifact_key, reusable, signature, spec_signature
-from presto_common.errors import ArtifactError, ConfigError, EngineBuildError
+from presto_common.errors import EngineBuildError
 from presto_ref.dit import blocks_for_budget
 from presto_ref.presets import get_preset
 from runtime.manifest import Manifest
@@ -283,74 +282,6 @@ def test_a_bf16_qdq_graph_is_bf16_around_its_gemms(bf16_qdq, q):
     assert qs and {types[n.input[1]] for n in qs} == {onnx.TensorProto.BFLOAT16}
     zero = onnx.TensorProto.INT8 if q == "int8" else onnx.TensorProto.FLOAT8E4M3FN
     assert {types[n.input[2]] for n in qs} == {zero}
-
-
-# --- flags refused up front -----------------------------------------------------------------------
-
-
-def test_quantization_and_calibration_come_together(calibrations):
-    with pytest.raises(ConfigError, match="--quantization int8 needs --calibration DIR"):
-        plan_build(TINY, backends=("onnx",), quantization="int8")
-    with pytest.raises(ConfigError, match="without --quantization; add --quantization"):
-        plan_build(TINY, backends=("onnx",), calibration=calibrations["int8"])
-    with pytest.raises(ConfigError, match="--quantization 'int4' is unknown; choose from fp8"):
-        plan_build(TINY, backends=("onnx",), quantization="int4", calibration=calibrations["int8"])
-
-
-def test_a_calibration_of_another_precision_model_or_budgets_is_refused(calibrations, tmp_path):
-    with pytest.raises(ConfigError, match="calibrated for fp8: pass --quantization fp8"):
-        plan_build(TINY, backends=("onnx",), quantization="int8", calibration=calibrations["fp8"])
-    other = dataclasses.replace(TINY, name="tiny-other", max_duration_s=2.0)
-    with pytest.raises(ArtifactError, match=r"the model is tiny-other \(.*calibrate this model"):
-        plan_build(other, backends=("onnx",), quantization="int8", calibration=calibrations["int8"])
-    partial = tmp_path / "partial"
-    shutil.copytree(calibrations["int8"], partial)
-    summary = json.loads((partial / "calibration.json").read_text())
-    del summary["budgets"]["0"]
-    (partial / "calibration.json").write_text(json.dumps(summary))
-    with pytest.raises(
-        ConfigError, match=r"budget 0 is not in --calibration .*calibrated: \[1, 2\]"
-    ):
-        plan_build(TINY, backends=("onnx",), quantization="int8", calibration=partial)
-    with pytest.raises(ArtifactError, match="is not a calibration folder"):
-        plan_build(TINY, backends=("onnx",), quantization="int8", calibration=tmp_path)
-
-
-def test_fp8_is_refused_up_front_for_compute_capabilities_below_8_9(calibrations):
-    options = {"backends": ("onnx", "tensorrt"), "trt": "rtx", "quantization": "fp8"}
-    with pytest.raises(ConfigError, match=r"compute-capabilities 8\.0,8\.9: FP8 needs 8\.9.*8\.0"):
-        plan_build(
-            TINY, **options, compute_capabilities=("8.0", "8.9"), calibration=calibrations["fp8"]
-        )
-    plan = plan_build(
-        TINY, **options, compute_capabilities=("8.9",), calibration=calibrations["fp8"]
-    )
-    assert plan.quantization == "fp8" and plan.compute_capabilities == ("8.9",)
-
-
-def test_fp8_is_refused_up_front_on_a_gpu_below_8_9(calibrations, monkeypatch):
-    """Full TensorRT and CUDA torch packages build for the GPU at hand: an A100 is refused."""
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _=None: (8, 0))
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _=None: "NVIDIA A100")
-    options = {"quantization": "fp8", "calibration": calibrations["fp8"]}
-    with pytest.raises(ConfigError, match=r"--trt tensorrt: this GPU, NVIDIA A100, .* 8\.0"):
-        plan_build(TINY, backends=("tensorrt",), trt="tensorrt", **options)
-    with pytest.raises(ConfigError, match=r"--device cuda: this GPU, NVIDIA A100, .* 8\.0"):
-        plan_build(TINY, backends=("torch",), device="cuda", **options)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _=None: (9, 0))
-    assert plan_build(TINY, backends=("torch",), device="cuda", **options).quantization == "fp8"
-
-
-def test_the_command_line_names_the_missing_flag(capsys, tmp_path):
-    argv = ["--preset", "tiny", "--backends", "onnx", "--quantization", "int8"]
-    assert build_main([*argv, "--out", str(tmp_path / "b"), "-q"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "--quantization int8 needs --calibration DIR" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "b").exists()
 
 
 # --- TensorRT-RTX engines from the Q/DQ graphs ----------------------------------------------------
