@@ -7,9 +7,12 @@ Parts (--parts, default all), each timed with benchmarks.measure's timer (CUDA e
              [audio; text]; w1 and w3 apart) against the fused forms export uses (one [q|k|v] GEMM
              on the audio tokens plus [k|v] on the text; [w1|w3] in one GEMM), beside an 8192^3
              matmul, in bf16 with TFLOP/s
-  attention  one attention layer (1 x heads, T_lat audio queries, T_lat + S keys, the preset's head width)
-             with each SDPA backend that accepts it: with the text padding mask (memory-efficient,
-             cuDNN, math) and without it (flash, cuDNN, memory-efficient), so the mask's cost shows;
+             and, on a GPU with FP8 (compute capability 8.9+), the fused GEMMs as E4M3 products
+             (torch._scaled_mm, per-tensor scales, bf16 out) with and without fast accumulation
+  attention  one attention layer (B x heads, T_lat audio queries, T_lat + S keys, the preset's head
+             width d) with each SDPA backend that accepts it: with the text padding mask (memory-
+             efficient, cuDNN, math) and without it (flash, cuDNN, memory-efficient), so the mask's
+             cost shows, and unmasked at the padded head width d' of export/attention.py (72 -> 80);
              relative L2 error against fp32 for the masked cases
   dit-error  the eager bf16 DiT at budget 0 against the fp32 one on this GPU (TF32 off): relative
              L2 error with the defaults, with reduced-precision bf16 GEMM reductions off, with the
@@ -18,14 +21,16 @@ Parts (--parts, default all), each timed with benchmarks.measure's timer (CUDA e
              (benchmarks.profile's kernel classes)
   convs      the eager bf16 VAE decoder and mono-to-stereo model with cudnn.benchmark off and on
 
-The models are presto_ref's with seeded random weights (--init-seed); everything runs at batch 1
-and the preset's longest duration. A part that fails is recorded as "<part>_error" and the others
-still run; the exit code is then 1. The last stdout line is the whole result as one JSON document;
---json PATH writes it too, after every part, so a run cut short keeps what it measured.
+The models are presto_ref's with seeded random weights (--init-seed); everything runs at the
+preset's longest duration, gemm and attention at --batch takes (M = B T_lat rows), the rest at 1.
+A part that fails is recorded as "<part>_error" and the others still run; the exit code is then 1.
+The last stdout line is the whole result as one JSON document; --json PATH writes it too, after
+every part, so a run cut short keeps what it measured.
 
 examples:
   python -m benchmarks.microbench --json microbench.json
   python -m benchmarks.microbench --parts gemm,attention --runs 50
+  python -m benchmarks.microbench --parts gemm,attention --batch 16 --json b16.json
   python -m benchmarks.microbench --preset small --parts dit-error,convs --json small.json
 """
 
@@ -62,13 +67,13 @@ AUDIO_SCALE = 0.2  # RMS of the random mono audio fed to the mono-to-stereo mode
 class Bench:
     """What every part needs: the device, the timer, run counts, and the preset's model (built once)."""
 
-    def __init__(self, preset: str, init_seed: int, runs: int, warmup: int) -> None:
+    def __init__(self, preset: str, init_seed: int, runs: int, warmup: int, batch: int = 1) -> None:
         from presto_ref.presets import get_preset
 
         self.device = torch.device("cuda")
         self.timer = Timer(self.device)
         prepare_profiler(self.device)  # before any CUDA graph of this process (benchmarks.measure)
-        self.runs, self.warmup = runs, warmup
+        self.runs, self.warmup, self.batch = runs, warmup, batch
         self.preset, self.init_seed = preset, init_seed
         self.config = get_preset(preset)
         self.models: dict[torch.dtype, Any] = {}
@@ -105,13 +110,15 @@ def rel_l2(test: torch.Tensor, reference: torch.Tensor) -> float:
 
 def gemm(b: Bench) -> dict[str, Any]:
     cfg, dev, bf16 = b.config.dit, b.device, torch.bfloat16
-    T_lat, S, D, H = b.config.max_frames, b.config.text.max_tokens, cfg.width, cfg.ffn_hidden
+    # rows of the audio tokens' and the text tokens' GEMMs, width, FFN hidden
+    M, S = b.batch * b.config.max_frames, b.batch * b.config.text.max_tokens
+    D, H = cfg.width, cfg.ffn_hidden
 
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
         return torch.randn(*shape, device=dev, dtype=bf16) * scale
 
     # audio tokens, projected text, FFN hidden
-    a, t, h = randn(T_lat, D), randn(S, D), randn(T_lat, H)
+    a, t, h = randn(M, D), randn(S, D), randn(M, H)
     at = torch.cat([a, t])
     wq, wk, wv, wo = (randn(D, D, scale=D**-0.5) for _ in range(4))
     w1, w3 = randn(D, H, scale=D**-0.5), randn(D, H, scale=D**-0.5)
@@ -120,14 +127,16 @@ def gemm(b: Bench) -> dict[str, Any]:
     big = randn(MATMUL_N, MATMUL_N)
     rows: dict[str, tuple[Callable[[], Any], int]] = {  # name: (call, FLOPs)
         f"matmul_{MATMUL_N}": (lambda: big @ big, 2 * MATMUL_N**3),
-        "q_k_v_apart": (lambda: (a @ wq, at @ wk, at @ wv), 2 * D * D * (T_lat + 2 * (T_lat + S))),
-        "qkv_fused_plus_text_kv": (lambda: (a @ wqkv, t @ wkv), 2 * D * D * (3 * T_lat + 2 * S)),
-        "o": (lambda: a @ wo, 2 * T_lat * D * D),
-        "w1_w3_apart": (lambda: (a @ w1, a @ w3), 4 * T_lat * D * H),
-        "w13_fused": (lambda: a @ w13, 4 * T_lat * D * H),
-        "w2": (lambda: h @ w2, 2 * T_lat * D * H),
+        "q_k_v_apart": (lambda: (a @ wq, at @ wk, at @ wv), 2 * D * D * (M + 2 * (M + S))),
+        "qkv_fused_plus_text_kv": (lambda: (a @ wqkv, t @ wkv), 2 * D * D * (3 * M + 2 * S)),
+        "o": (lambda: a @ wo, 2 * M * D * D),
+        "w1_w3_apart": (lambda: (a @ w1, a @ w3), 4 * M * D * H),
+        "w13_fused": (lambda: a @ w13, 4 * M * D * H),
+        "w2": (lambda: h @ w2, 2 * M * D * H),
     }
-    out = {}
+    if torch.cuda.get_device_capability(dev) >= (8, 9):  # FP8 tensor cores (Ada, Hopper)
+        rows.update(fp8_gemms(a, t, h, wqkv, wkv, w13, w2))
+    out: dict[str, Any] = {"rows_M": M}
     for name, (fn, flop) in rows.items():
         row = b.time_ms(fn)
         row["tflops"] = flop / row["median_ms"] / 1e9
@@ -138,18 +147,50 @@ def gemm(b: Bench) -> dict[str, Any]:
     return out
 
 
+def fp8_gemms(a, t, h, wqkv, wkv, w13, w2) -> dict[str, tuple[Callable[[], Any], int]]:
+    """The fused GEMMs as torch._scaled_mm E4M3 products (per-tensor scales 1, bf16 out), the
+    inputs cast once outside the timing: name_fp8 (accumulation as cuBLASLt's default) and
+    name_fp8_fast (use_fast_accum=True, Hopper's faster, less exact accumulation)."""
+    e4m3, one = torch.float8_e4m3fn, torch.ones((), device=a.device)
+    a8, t8, h8 = a.to(e4m3), t.to(e4m3), h.to(e4m3)
+    # _scaled_mm wants the second operand column-major: the transpose of a row-major (N, K)
+    w8 = {
+        n: w.t().contiguous().to(e4m3).t()
+        for n, w in {"qkv": wqkv, "kv": wkv, "w13": w13, "w2": w2}.items()
+    }
+
+    def mm(x, w, fast):
+        return torch._scaled_mm(
+            x, w, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=fast
+        )
+
+    rows = {}
+    for fast in (False, True):
+        tag = "_fp8_fast" if fast else "_fp8"
+        M, D = a.shape
+        rows["qkv_fused_plus_text_kv" + tag] = (
+            lambda f=fast: (mm(a8, w8["qkv"], f), mm(t8, w8["kv"], f)),
+            2 * D * D * (3 * M + 2 * t.shape[0]),
+        )
+        rows["w13_fused" + tag] = (lambda f=fast: mm(a8, w8["w13"], f), 2 * M * D * w13.shape[1])
+        rows["w2" + tag] = (lambda f=fast: mm(h8, w8["w2"], f), 2 * M * h.shape[1] * D)
+    return rows
+
+
 def attention(b: Bench) -> dict[str, Any]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     cfg, dev, bf16 = b.config.dit, b.device, torch.bfloat16
-    heads, d = cfg.num_heads, cfg.width // cfg.num_heads
+    heads, d, B = cfg.num_heads, cfg.width // cfg.num_heads, b.batch
     T_lat, S = b.config.max_frames, b.config.text.max_tokens
-    q = torch.randn(1, heads, T_lat, d, device=dev, dtype=bf16)
-    k = torch.randn(1, heads, T_lat + S, d, device=dev, dtype=bf16)
+    q = torch.randn(B, heads, T_lat, d, device=dev, dtype=bf16)
+    k = torch.randn(B, heads, T_lat + S, d, device=dev, dtype=bf16)
     v = torch.randn_like(k)
-    mask = torch.ones(1, 1, 1, T_lat + S, dtype=torch.bool, device=dev)
+    mask = torch.ones(B, 1, 1, T_lat + S, dtype=torch.bool, device=dev)
     mask[..., T_lat + TEXT_KEPT :] = False  # audio keys all kept, text keys past the prompt masked
-    flop = 4 * heads * T_lat * (T_lat + S) * d
+    flop = 4 * B * heads * T_lat * (T_lat + S) * d
+    dp = -(-(d + 1) // 16) * 16  # export/attention.py's padded head width (72 -> 80)
+    qp, kp, vp = (F.pad(x, (0, dp - d)) for x in (q, k, v))
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     cases = [
         ("efficient_mask", SDPBackend.EFFICIENT_ATTENTION, mask),
@@ -158,12 +199,18 @@ def attention(b: Bench) -> dict[str, Any]:
         ("flash_nomask", SDPBackend.FLASH_ATTENTION, None),
         ("cudnn_nomask", SDPBackend.CUDNN_ATTENTION, None),
         ("efficient_nomask", SDPBackend.EFFICIENT_ATTENTION, None),
+        (f"flash_nomask_d{dp}", SDPBackend.FLASH_ATTENTION, "padded"),
+        (f"cudnn_nomask_d{dp}", SDPBackend.CUDNN_ATTENTION, "padded"),
     ]
     out: dict[str, Any] = {
-        "shape": {"heads": heads, "queries": T_lat, "keys": T_lat + S, "head_dim": d}
+        "shape": {"batch": B, "heads": heads, "queries": T_lat, "keys": T_lat + S, "head_dim": d}
     }
     for name, backend, m in cases:
-        fn = lambda m=m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        if isinstance(m, str):  # the same FLOPs counted at d: the padding is overhead
+            fn = lambda: F.scaled_dot_product_attention(qp, kp, vp, scale=d**-0.5)
+            m = None
+        else:
+            fn = lambda m=m: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
         try:
             with sdpa_kernel([backend]):
                 y = fn()
@@ -290,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", default="presto-ls", metavar="NAME", help="shapes and model (default presto-ls)"
     )
     p.add_argument("--init-seed", type=int, default=0, metavar="N", help="model seed (default 0)")
+    p.add_argument(
+        "--batch", type=int, default=1, metavar="B", help="takes of gemm and attention (default 1)"
+    )
     p.add_argument("--runs", type=int, default=20, metavar="N", help="timed runs (default 20)")
     p.add_argument("--warmup", type=int, default=5, metavar="N", help="untimed runs (default 5)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the result here")
@@ -305,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         parser.error(f"--parts {args.parts!r}: unknown {unknown}; choose from {','.join(PARTS)}")
-    if args.runs < 1 or args.warmup < 0:
-        parser.error(f"--runs {args.runs} must be >= 1 and --warmup {args.warmup} >= 0")
+    if args.runs < 1 or args.warmup < 0 or args.batch < 1:
+        parser.error(
+            f"--runs {args.runs} and --batch {args.batch} must be >= 1, --warmup {args.warmup} >= 0"
+        )
     setup_logging(args)
     outputs: list[Path] = []
 
@@ -317,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 "benchmarks.microbench measures CUDA kernels and no CUDA device is available; "
                 "run it on the GPU machine (scripts/gpu_round.sh with STEPS=micro)"
             )
-        bench = Bench(args.preset, args.init_seed, args.runs, args.warmup)
+        bench = Bench(args.preset, args.init_seed, args.runs, args.warmup, args.batch)
         report: dict[str, Any] = {
             "preset": args.preset,
             "gpu": torch.cuda.get_device_name(),
@@ -325,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             "cuda": torch.version.cuda,
             "runs": args.runs,
             "warmup": args.warmup,
+            "batch": args.batch,
             "complete": False,
         }
         for name in parts:
