@@ -18,12 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.attention import mask_free_attention
 from presto_ref.dit import Attention, DiT, SwiGLU
 from presto_ref.layers import apply_rotary
 
 
 class FusedAttention(nn.Module):
-    """presto_ref.dit.Attention with q, k, v in one weight (3D, D)."""
+    """presto_ref.dit.Attention with q, k, v in one weight (3D, D).
+
+    padded_head: 0, or d' once export/attention.py's pad_attention_heads has padded the heads to
+    width d' (weights (3 H d', D) and (D, H d')), which then runs its forward without a mask.
+    """
+
+    padded_head: int = 0
 
     def __init__(self, attn: Attention) -> None:
         super().__init__()
@@ -36,6 +43,8 @@ class FusedAttention(nn.Module):
 
     def forward(self, a: Tensor, text: Tensor, angles: Tensor, key_mask: Tensor) -> Tensor:
         """a: (B, T, D) audio, text: (B, S, D), angles: (T, d/2), key_mask: (B, 1, 1, T + S) bool."""
+        if self.padded_head:
+            return mask_free_attention(self, a, text, angles, key_mask)
         B, T, D = a.shape
 
         def heads(t: Tensor) -> Tensor:  # (B, L, D) -> (B, H, L, d)
@@ -49,10 +58,16 @@ class FusedAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, T, d)
         return self.o(out.transpose(1, 2).flatten(2))
 
+    @property
+    def q_rows(self) -> int:
+        """Rows of W_q in qkv: D, or H d' when padded; the [W_k; W_v] rows follow."""
+        return self.num_heads * self.padded_head or self.width
+
     def text_kv(self, text: Tensor) -> Tensor:
-        """[k|v] of the text tokens: (B, S, D) -> (B, S, 2D), by the [W_k; W_v] rows of qkv (a
-        hook, so that export/quant_torch.py can run this GEMM with its own kernel)."""
-        return F.linear(text, self.qkv.weight[self.width :])
+        """[k|v] of the text tokens: (B, S, D) -> (B, S, 2D) (2 H d' when padded), by the
+        [W_k; W_v] rows of qkv (a hook, so that export/quant_torch.py can run this GEMM with its
+        own kernel). No bias: only q's rows have one."""
+        return F.linear(text, self.qkv.weight[self.q_rows :])
 
 
 class FusedSwiGLU(nn.Module):

@@ -314,7 +314,8 @@ def quantized_dit_model(
     copy exports Q/DQ with bf16 scales around bf16 GEMMs, which a strongly typed TensorRT network
     runs in bf16, as it runs the fp32 copy's attention and norms in fp32."""
     check_calibration(model, calibration)
-    clone = export_model(model, "fp32")  # a copy with export/'s fused projections
+    # A copy with export/'s fused projections, heads unpadded: the Q/DQ graph keeps the key mask.
+    clone = export_model(model, "fp32", mask_free=False)
     names = quantize_dit(clone.dit, budget, calibration.layers(budget), calibration.precision)
     if precision != "fp32":
         zero_points = {n: b for n, b in clone.named_buffers() if n.endswith("zero_point")}

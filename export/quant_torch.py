@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.attention import pad_attention_heads
 from export.fuse import FusedAttention
 from export.quant_onnx import (
     FP8_E4M3_MAX,
@@ -90,7 +91,7 @@ class FP8Linear(nn.Module):
 
     def gemm(self, x: Tensor, scale: Tensor, rows: slice = slice(None)) -> Tensor:
         """x: (..., K) times the rows `rows` of W, input scale `scale`; -> (..., N_rows) in x's
-        dtype. FusedAttention's text [k|v] GEMM uses rows [D:]."""
+        dtype. FusedAttention's text [k|v] GEMM uses rows [D:] ([H d':] when padded)."""
         lead, dtype = x.shape[:-1], x.dtype
         wq = self.weight_q[rows]  # (N_rows, K), still row-major: a row slice of a contiguous W
         assert wq.dtype == torch.float8_e4m3fn, f"weight_q is {wq.dtype}: quantize after .to(dtype)"
@@ -156,7 +157,7 @@ class Int8Linear(nn.Module):
 
     def gemm(self, x: Tensor, scale: Tensor, rows: slice = slice(None)) -> Tensor:
         """x: (..., K) times the rows `rows` of W, input scale `scale`; -> (..., N_rows) in x's
-        dtype. FusedAttention's text [k|v] GEMM uses rows [D:]."""
+        dtype. FusedAttention's text [k|v] GEMM uses rows [D:] ([H d':] when padded)."""
         lead, dtype = x.shape[:-1], x.dtype
         wq = self.weight_q[rows]  # (N_rows, K)
         assert wq.dtype == torch.int8, f"weight_q is {wq.dtype}: quantize after .to(dtype)"
@@ -234,6 +235,12 @@ class QuantFusedAttention(FusedAttention):
         precision: str,
     ) -> None:
         nn.Module.__init__(self)  # FusedAttention's own __init__ builds from presto_ref's Attention
+        if attn.padded_head:
+            raise ConfigError(
+                f"this attention's heads are already padded to {attn.padded_head} channels "
+                "(export/attention.py); quantize an export copy made with mask_free=False, then "
+                "pad it (quantized_torch_model does)"
+            )
         self.num_heads, self.width = attn.num_heads, attn.width
         qkv, text_amax = attention_scales(q, k, v, attn.qkv.weight, precision)  # the Q/DQ graph's
         qmax = INT8_MAX if precision == "int8" else FP8_E4M3_MAX
@@ -243,8 +250,9 @@ class QuantFusedAttention(FusedAttention):
         self.register_buffer("text_scale", input_scale(text_amax, qmax).to(device))
 
     def text_kv(self, text: Tensor) -> Tensor:
-        """(B, S, D) -> (B, S, 2D): the [W_k; W_v] rows of the quantized [q|k|v] weight."""
-        return self.qkv.gemm(text, self.text_scale, slice(self.width, None))
+        """(B, S, D) -> (B, S, 2D) (2 H d' when padded): the [W_k; W_v] rows of the quantized
+        [q|k|v] weight."""
+        return self.qkv.gemm(text, self.text_scale, slice(self.q_rows, None))
 
 
 def quantize_dit_torch(
@@ -291,10 +299,13 @@ def quantized_torch_model(
     """An export copy of `model` (export.spec.export_model) whose DiT runs the blocks of `budget`
     with real FP8/INT8 GEMMs, everything else at `precision`, and the quantized layers' names;
     `model` is left unchanged. The counterpart of export.quant_onnx.quantized_dit_model: quantized
-    in fp32 (the Q/DQ graph's scales), then cast but for its 8-bit weights and fp32 scales."""
-    clone = export_model(model, "fp32")
+    in fp32 (the Q/DQ graph's scales), then its attention heads padded to drop the mask
+    (export/attention.py: quantization reads the unpadded layout, so it comes first), then cast
+    but for its 8-bit weights and fp32 scales."""
+    clone = export_model(model, "fp32", mask_free=False)
     layers = calibration.layers(budget)
     names = quantize_dit_torch(clone.dit, budget, layers, calibration.precision)
+    pad_attention_heads(clone.dit)
     cast_unquantized(clone, torch_dtype(precision))
     return clone, names
 

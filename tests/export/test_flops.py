@@ -12,6 +12,7 @@ import torch
 
 from export import forward_cost, forward_flops
 from export.fold import PolyphaseUpsample
+from export.fuse import FusedAttention
 from export.spec import export_model
 from presto_common.errors import ConfigError
 from presto_ref.checkpoint import random_model
@@ -67,9 +68,10 @@ def test_flops_grow_with_the_batch(component: str) -> None:
 
 def test_weight_bytes_are_those_of_the_exported_graph() -> None:
     # Counted on the reference model, they equal the bytes the export form holds (weight norm
-    # folded, polyphase upsamplers, fused DiT projections), but for two known differences: the
-    # polyphase form repeats each upsampler bias `stride` times, and the text encoder reads only
-    # the embedding rows its S token ids can gather.
+    # folded, polyphase upsamplers, fused DiT projections), but for three known differences: the
+    # polyphase form repeats each upsampler bias `stride` times, the text encoder reads only
+    # the embedding rows its S token ids can gather, and the mask-free attention
+    # (export/attention.py) pads each head with zero rows and columns and gives q a bias.
     model = random_model("tiny", 0)
     exported = export_model(model, "bf16")
     modules = {
@@ -82,6 +84,9 @@ def test_weight_bytes_are_those_of_the_exported_graph() -> None:
         held = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
         for up in (m for m in module.modules() if isinstance(m, PolyphaseUpsample)):
             held -= (up.stride - 1) * up.out_channels * up.conv.bias.element_size()
+        for attn in (m for m in module.modules() if isinstance(m, FusedAttention)):
+            padded = attn.qkv.weight.numel() + attn.qkv.bias.numel() + attn.o.weight.numel()
+            held -= (padded - 4 * attn.width**2) * attn.qkv.weight.element_size()
         if component == "text_encoder":
             table = module.embed_tokens.weight
             unread = table.shape[0] - min(table.shape[0], model.config.text.max_tokens)

@@ -15,6 +15,7 @@ import copy
 import pytest
 import torch
 
+from export.attention import pad_attention_heads
 from export.quant_onnx import (
     BLOCK_LINEARS,
     QDQFusedAttention,
@@ -105,10 +106,12 @@ def scales(tiny_model) -> dict[str, dict[str, LayerScales]]:
 
 
 def quantized_models(tiny_model, scales, precision: str, budget: int):
-    """(Q/DQ fake-quantized, real-kernel) fused copies of the tiny model, and the layer names."""
-    fake = export_model(tiny_model, "fp32")
+    """(Q/DQ fake-quantized, real-kernel) fused copies of the tiny model, and the layer names.
+    Quantization reads the unpadded heads (mask_free=False); quantized_torch_model pads after it
+    (tests/export/test_attention.py)."""
+    fake = export_model(tiny_model, "fp32", mask_free=False)
     quantize_dit(fake.dit, budget, scales[precision], precision)
-    real = export_model(tiny_model, "fp32")
+    real = export_model(tiny_model, "fp32", mask_free=False)
     names = quantize_dit_torch(real.dit, budget, scales[precision], precision)
     return fake, real, names
 
@@ -118,7 +121,7 @@ def quantized_models(tiny_model, scales, precision: str, budget: int):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_each_quantized_layer_matches_its_qdq_layer(tiny_model, scales, precision):
-    fused = export_model(tiny_model, "fp32")
+    fused = export_model(tiny_model, "fp32", mask_free=False)
     block, layers = fused.dit.blocks[0], scales[precision]
     seen = {}
     hooks = [
@@ -250,7 +253,7 @@ def test_aoti_package_on_cpu_runs_the_int8_kernels_and_matches_eager(tiny_model,
 
 
 def test_missing_scales_and_unknown_precisions_are_refused(tiny_model, scales):
-    dit = export_model(tiny_model, "fp32").dit
+    dit = export_model(tiny_model, "fp32", mask_free=False).dit
     layers = dict(scales["int8"])
     del layers["blocks.3.ffn.w2"]
     with pytest.raises(ArtifactError, match="no scales for 1 layers of budget 0"):
@@ -283,10 +286,11 @@ def test_cuda_shape_rules(precision, k, n, ok):
 
 # --- bf16 activations (the CUDA packages') -------------------------------------------------------
 
-# The tiny DiT cast to bf16 (export_model), quantized, against the fp32 Q/DQ DiT. Measured on the
-# CPU, HELD_OUT_CALLS at budget 1: rel L2 up to 1.2e-2 (fp8) and 9.8e-3 (int8), where the bf16 DiT
-# without quantization is 8.1e-3 from fp32: bf16's own rounding, plus the rounding flips it causes
-# on the 8-bit grids. Cosine against fp32 >= 0.99985. The bounds leave 2.5x (rel L2) and 6x
+# The tiny DiT cast to bf16 (export_model), quantized, its heads padded (no mask), against the fp32
+# Q/DQ DiT. Measured on the CPU, HELD_OUT_CALLS at budget 1 (the same padded or not): rel L2 up to
+# 1.2e-2 (fp8) and 9.8e-3 (int8), where the bf16 DiT without quantization is 8.1e-3 from fp32:
+# bf16's own rounding, plus the rounding flips it causes on the 8-bit grids. Cosine against fp32
+# >= 0.99985. The bounds leave 2.5x (rel L2) and 6x
 # (1 - cosine). On CUDA the GEMMs are cuBLASLt's (fp32 accumulation, like the CPU kernels), the
 # rest is the same bf16 maths, so the same bounds apply (not yet measured on a GPU).
 MAX_BF16_REL_L2 = 3e-2
@@ -297,10 +301,12 @@ MIN_BF16_COSINE_FP32 = 0.999
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_quantized_dit_in_bf16_matches_the_qdq_dit(tiny_model, scales, precision, device):
     budget = 1
-    fake = export_model(tiny_model, "fp32")
+    fake = export_model(tiny_model, "fp32", mask_free=False)
     quantize_dit(fake.dit, budget, scales[precision], precision)
-    real = export_model(tiny_model, "bf16").to(device)  # cast first: 8-bit weights stay 8-bit
+    # cast first: 8-bit weights stay 8-bit
+    real = export_model(tiny_model, "bf16", mask_free=False).to(device)
     quantize_dit_torch(real.dit, budget, scales[precision], precision)
+    pad_attention_heads(real.dit)  # then without the mask, as quantized_torch_model builds it
     module = graph_for(real, "dit", budget)
     for seed, sigma in HELD_OUT_CALLS:
         call = sample_call(tiny_model, seed, sigma)
