@@ -258,9 +258,15 @@ def quantize_blocks(
     quantized = []
     for i in blocks_for_budget(dit.cfg.num_blocks, budget):
         block, p = dit.blocks[i], f"blocks.{i}."
-        # exactly FusedAttention: a quantized one (of either kind) is not quantized twice
-        assert type(block.attn) is FusedAttention and isinstance(block.ffn, FusedSwiGLU), (
-            f"block {i} is not the fused, unquantized block of export.spec.export_model"
+        # exactly FusedAttention, unpadded: a quantized one (of either kind) is not quantized
+        # twice, and the scales are of the unpadded weights (export/attention.py pads afterwards)
+        assert (
+            type(block.attn) is FusedAttention
+            and not block.attn.padded_head
+            and isinstance(block.ffn, FusedSwiGLU)
+        ), (
+            f"block {i} is not the fused, unquantized, unpadded block of "
+            "export.spec.export_model(..., mask_free=False)"
         )
         q, k, v, o, w1, w3, w2 = block_scales(layers, budget, i)
         block.attn = attention(block.attn, q, k, v, o, precision)
