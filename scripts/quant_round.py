@@ -19,8 +19,12 @@ Stages (--stages, default both), each precision of --precisions:
             against the fp32 reference, SNR in dB.
   speed     The AOTInductor package (export/torch_backend.py) of the DiT at --budget, bf16 or
             quantized, per batch of --batches: median of --runs calls after 5 (CUDA events, no CUDA
-            graph), rows per second, and the quantized GEMM calls in its wrapper code.
+            graph), rows per second, the quantized GEMM calls in its wrapper code, and one call's
+            GPU time by kernel class (benchmarks.profile). --precisions may also name
+            bf16-masked: the bf16 DiT with the text padding mask export/attention.py removes.
 OUT/quant-round.json is rewritten after every measurement, so a call cut short keeps its figures.
+Calibrations are kept in --work (default OUT/work) and reused there: a second call with the same
+--work (the device machine keeps files between calls while it stays warm) does not calibrate again.
 """
 
 from __future__ import annotations
@@ -34,11 +38,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.measure import Timer, time_fn
+from benchmarks.profile import profile_call
 from calibration.calibrate import main as calibrate_main
 from calibration.fidelity import snr_summary, summarize
 from calibration.report import DEFAULT_PROMPTS
 from calibration.trajectories import PROMPTS_FILE, calibration_bpms, read_prompts, record_dit_calls
-from export.quant_scales import load_calibration
+from export.quant_scales import SUMMARY_FILE, load_calibration
 from export.quant_torch import package_quantized_gemms, quantized_torch_model
 from export.spec import export_model, graph_for, make_specs
 from export.torch_backend import compile_package
@@ -128,13 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default="fidelity,speed")
     p.add_argument("--device", default="cuda", help="cpu: a trial run of the script (tiny preset)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, help="calibrations and packages (default OUT/work)")
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     dev = torch.device(args.device)
     precisions, stages = args.precisions.split(","), args.stages.split(",")
-    work = args.out / "work"
+    work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    doc: dict = {"args": vars(args) | {"out": str(args.out)}, "torch": torch.__version__}
+    args.out.mkdir(parents=True, exist_ok=True)
+    doc: dict = {
+        "args": vars(args) | {"out": str(args.out), "work": str(work)},
+        "torch": torch.__version__,
+    }
     if dev.type == "cuda":
         doc["gpu"] = torch.cuda.get_device_name()
 
@@ -147,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def calibration_of(q: str):
         """calibration.calibrate on --device, once per precision, when first needed."""
+        folder = work / f"calib-{q}"
+        if q not in calibrations and (folder / SUMMARY_FILE).exists():
+            calibrations[q] = load_calibration(folder)  # an earlier call's, same --work
+            doc.setdefault("calibrate_s", {})[q] = "reused from " + str(folder)
         if q not in calibrations:
             start = time.perf_counter()
-            folder = work / f"calib-{q}"
             argv_q = ["--preset", args.preset, "--precision", q, "--device", args.device]
             argv_q += ["--prompts", str(prompt_file), "--seeds", "1", "-o", str(folder), "-q"]
             if calibrate_main(argv_q) != 0:
@@ -163,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     frames = model.config.max_frames
     if "fidelity" in stages:
         start = time.perf_counter()
-        variants = {q: variant(model, q, calibration_of(q), dev) for q in precisions}
+        variants = {
+            q: variant(model, q, calibration_of(q), dev) for q in precisions if q != "bf16-masked"
+        }
         doc["fidelity"] = fidelity(model.to(dev), variants, args.seeds, dev)
         doc["fidelity"]["seconds"] = round(time.perf_counter() - start, 1)
         model.cpu()
@@ -177,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 (spec,) = make_specs(
                     model, "bf16", (batch,), (frames,), (args.budget,), components=("dit",)
                 )
-                if q == "bf16":
-                    clone = export_model(model, "bf16")
+                if q in ("bf16", "bf16-masked"):
+                    clone = export_model(model, "bf16", mask_free=q == "bf16")
                 else:
                     clone, _ = quantized_torch_model(model, args.budget, calibration_of(q), "bf16")
                 module = graph_for(clone, "dit", args.budget).to(dev)
@@ -194,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 inputs = spec.sample_inputs(seed=1, device=dev)
                 with torch.no_grad():
                     timing = time_fn(Timer(dev), lambda _, f=run, x=inputs: f(*x), args.runs, 5)
+                    profile = (
+                        profile_call(lambda f=run, x=inputs: f(*x)) if dev.type == "cuda" else None
+                    )
                 row = {
                     "precision": q,
                     "batch": batch,
@@ -201,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     "quantized_gemm_calls": package_quantized_gemms(path),
                     **timing,
                     "rows_per_s": batch / timing["median_ms"] * 1e3,
+                    "profile": profile,
                 }
                 doc.setdefault("speed", []).append(row)
                 print(json.dumps(row), flush=True)
@@ -213,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{q}@{b}": by[("bf16", b)]["median_ms"] / by[(q, b)]["median_ms"]
             for (q, b) in by
             if q != "bf16" and ("bf16", b) in by
-        }
+        }  # bf16-masked@B below 1: what removing the mask gained
         print(json.dumps(doc["speedup_vs_bf16"]))
         save()
     return 0
