@@ -105,20 +105,19 @@ class FP8Linear(nn.Module):
             check_cuda_fp8(x.device)
             check_cuda_shape("fp8", wq.shape[1], wq.shape[0])
         xq = self.quantize_input(x.reshape(-1, x.shape[-1]), scale)  # (M, K)
-        bias = None if self.bias is None else self.bias[rows]
-        # _scaled_mm adds a bias only in a 16-bit output dtype (CUDA); add an fp32 one afterwards.
-        fused_bias = bias is not None and dtype in (torch.bfloat16, torch.float16)
         y = torch._scaled_mm(
             xq,
             wq.t(),
             scale_a=scale,
             scale_b=self.weight_scale,
-            bias=bias.to(dtype) if fused_bias else None,
             out_dtype=dtype,
             use_fast_accum=FP8_FAST_ACCUM,
         )  # (M, N_rows)
-        if bias is not None and not fused_bias:
-            y = y + bias.to(dtype)
+        # The bias is added here, not by _scaled_mm: Inductor's CUDA lowering of a _scaled_mm
+        # with a bias failed (LoweringException) on the padded attention's [q|k|v] GEMM (H200,
+        # torch 2.11), and the add fuses into the kernel that reads y anyway.
+        if self.bias is not None:
+            y = y + self.bias[rows].to(dtype)
         return y.reshape(*lead, -1)
 
     def forward(self, x: Tensor) -> Tensor:
