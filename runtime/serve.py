@@ -190,6 +190,34 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def server_command(server: Path, repo: Path, backends: Path, args: argparse.Namespace) -> list[str]:
+    """The tritonserver command line for a model repository and backends folder.
+
+    The Python backend's shared-memory regions (between the server and its stubs) get a prefix
+    unique to this server, as the Python backend's documentation asks of several servers on one
+    host ("Running Multiple Instances of Triton Server"). With the tritonserver of nvidia-pytriton
+    0.7.0, two servers on one host also ran side by side without it (tests/runtime/test_serve.py),
+    so this follows the documentation rather than a failure seen here.
+    """
+    return [
+        str(server),
+        f"--model-repository={repo}",
+        f"--backend-directory={backends}",
+        f"--http-port={args.http_port}",
+        f"--grpc-port={args.grpc_port}",
+        f"--metrics-port={args.metrics_port}",
+        f"--exit-timeout-secs={args.exit_timeout_s}",
+        "--strict-readiness=true",
+        f"--log-verbose={1 if args.verbose else 0}",
+        f"--log-info={'false' if args.quiet else 'true'}",
+        f"--backend-config=python,shm-region-prefix-name=presto{os.getpid()}-{os.urandom(4).hex()}",
+        # each response is up to B x 2 x 1.4 M float32 (11 MB a take); grow the shared memory
+        # between server and stub in large steps instead of 1 MB ones
+        "--backend-config=python,shm-default-byte-size=67108864",
+        "--backend-config=python,shm-growth-byte-size=67108864",
+    ]
+
+
 class Server:
     """A running `tritonserver` child with its generated workspace; `stop()` ends it gracefully."""
 
@@ -200,22 +228,7 @@ class Server:
         try:
             repo = write_repository(settings, self.workspace / "models")
             backends = write_backends(dist, self.workspace / "backends")
-            command = [
-                str(dist.server),
-                f"--model-repository={repo}",
-                f"--backend-directory={backends}",
-                f"--http-port={args.http_port}",
-                f"--grpc-port={args.grpc_port}",
-                f"--metrics-port={args.metrics_port}",
-                f"--exit-timeout-secs={args.exit_timeout_s}",
-                "--strict-readiness=true",
-                f"--log-verbose={1 if args.verbose else 0}",
-                f"--log-info={'false' if args.quiet else 'true'}",
-                # each response is up to B x 2 x 1.4 M float32 (11 MB a take); grow the shared
-                # memory between server and stub in large steps instead of 1 MB ones
-                "--backend-config=python,shm-default-byte-size=67108864",
-                "--backend-config=python,shm-growth-byte-size=67108864",
-            ]
+            command = server_command(dist.server, repo, backends, args)
             log.info("starting %s", " ".join(command))
             self.process = subprocess.Popen(
                 command, env=dist.environment(dict(os.environ)), preexec_fn=_die_with_parent

@@ -37,6 +37,10 @@
 #        load1    runtime.serve --gpus 0, benchmarks.serve at each of $CONCURRENCY -> $OUT/load1-c*.json
 #                 (and the server's --timings-log, $OUT/load1-timings.jsonl)
 #        load2    the same on --gpus 0,1                                  -> $OUT/load2-c*.json
+#        split2   one runtime.serve per GPU (GPU 0 on ports 8000-8002, GPU 1 on 8010-8012) and, per
+#                 concurrency C >= 2 of $CONCURRENCY, two benchmarks.serve at C/2 at once, one per
+#                 server: is the one Triton process of load2 the two-GPU limit?
+#                                             -> $OUT/split2-c*-{a,b}.json, split2-c*.json (summed)
 # Settings: OUT (default gpu-out), WORK (default /tmp/serve-round), BATCHES (default 1,8),
 # CONCURRENCY (default "1 8 32"), LOAD_S (seconds of load per concurrency, default 60),
 # PROTOCOL (http or grpc, default http), SHM_MIB (benchmarks.serve --shared-memory-mib, default 11:
@@ -124,6 +128,47 @@ load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
   return $status
 }
 
+split() {  # split NAME: one server per GPU, the load divided between them
+  local name=$1 pa pb status=0 half
+  python3 -m runtime.serve --engines "$ENGINES" --gpus 0 --timings-log "$OUT/$name-a-timings.jsonl" \
+    > "$OUT/$name-a-server.log" 2>&1 &
+  pa=$!
+  python3 -m runtime.serve --engines "$ENGINES" --gpus 1 --http-port 8010 --grpc-port 8011 \
+    --metrics-port 8012 --timings-log "$OUT/$name-b-timings.jsonl" > "$OUT/$name-b-server.log" 2>&1 &
+  pb=$!
+  python3 -c "from runtime import Client; [Client(u).wait_ready(600) for u in ('localhost:8000', 'localhost:8010')]" || {
+    kill -TERM $pa $pb; wait $pa $pb; return 1
+  }
+  for c in $CONCURRENCY; do
+    [ "$c" -ge 2 ] || continue
+    half=$((c / 2))
+    python3 -m benchmarks.serve --url "localhost:$port" --protocol "$PROTOCOL" --concurrency "$half" \
+      --duration-s "$LOAD_S" --shared-memory-mib "$SHM_MIB" --metrics-url localhost:8002 \
+      --json "$OUT/$name-c$c-a.json" > "$OUT/$name-c$c-a.log" 2>&1 &
+    local ba=$!
+    python3 -m benchmarks.serve --url "localhost:$((port + 10))" --protocol "$PROTOCOL" \
+      --concurrency "$half" --duration-s "$LOAD_S" --shared-memory-mib "$SHM_MIB" \
+      --metrics-url localhost:8012 --json "$OUT/$name-c$c-b.json" > "$OUT/$name-c$c-b.log" 2>&1
+    wait $ba || status=1
+    python3 - "$OUT/$name-c$c" <<'SUM' || status=1
+import json, sys
+a, b = (json.load(open(f"{sys.argv[1]}-{k}.json")) for k in "ab")
+lat = sorted(t[1] for d in (a, b) for t in d["timeline"] if t[2])
+rank = lambda q: lat[max(0, -(-len(lat) * q // 100) - 1)]
+doc = {"concurrency": a["concurrency"] + b["concurrency"], "requests": a["requests"] + b["requests"],
+       "errors": a["errors"] + b["errors"],
+       "throughput_audio_s_per_s": a["throughput_audio_s_per_s"] + b["throughput_audio_s_per_s"],
+       "latency_ms": {"p50": rank(50), "p90": rank(90), "p99": rank(99)}}
+json.dump(doc, open(f"{sys.argv[1]}.json", "w"), indent=1)
+print(json.dumps(doc))
+SUM
+  done
+  kill -TERM $pa $pb
+  wait $pa || status=1
+  wait $pb || status=1
+  return $status
+}
+
 declare -A STATUS=()
 for step in $STEPS; do
   start=$SECONDS
@@ -136,6 +181,7 @@ for step in $STEPS; do
     bench) bench 2>&1 | tee "$OUT/bench.log" | tail -n 30 ;;
     load1) load load1 0 ;;
     load2) load load2 0,1 ;;
+    split2) split split2 ;;
     *) echo "unknown step $step"; false ;;
   esac
   STATUS[$step]=$?

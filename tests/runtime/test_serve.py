@@ -233,6 +233,22 @@ def test_load_benchmark_against_the_server(served, tmp_path):
     )
 
 
+def test_a_second_server_on_the_same_host_serves_beside_the_first(served, build, local, tmp_path):
+    """One server per GPU on one host (scripts/serve_round.sh's split step): both answer, each
+    correctly. (It passed with and without server_command's shared-memory prefix.)"""
+    _, first, _, _, _ = served
+    second, http, _, _ = _start_server(build, tmp_path / "second.log")
+    try:
+        with Client(first) as a, Client(http) as b:
+            for seed, client in [(7, a), (8, b), (9, a), (10, b)]:
+                audio, _ = client.generate("warm lofi piano", seed=seed)
+                want = local.generate_takes([Take("warm lofi piano", seed)], stereo=True)
+                _close(audio, want.samples[0])
+    finally:
+        second.terminate()
+        second.wait(120)
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits(served):
     process, http, _, _, log_path = served
     rows = 32  # one request of 32 rows: 16 packed runs at batch 2, seconds on this CPU
