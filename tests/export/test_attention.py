@@ -139,6 +139,15 @@ def test_mask_free_dit_equals_the_masked_dit_in_fp32(budget):
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def quantized_first_attention(model, precision: str) -> QuantFusedAttention:
+    """Block 0's attention of `model`'s unpadded export copy, quantized with made-up scales."""
+    dit = export_model(model, "fp32", mask_free=False).dit
+    quantize_dit_torch(dit, 0, made_up_scales(model, precision), precision)
+    attn = dit.blocks[0].attn
+    assert isinstance(attn, QuantFusedAttention)
+    return attn
+
+
 @pytest.mark.parametrize("precision", QUANTIZATIONS)
 def test_quantized_attention_padded_equals_unpadded(precision):
     # Padding adds exact zeros to the 8-bit weights (and scale / smoothing 1.0 for them), so each
@@ -147,10 +156,7 @@ def test_quantized_attention_padded_equals_unpadded(precision):
     # for int8), once in a while. Measured max abs diff 0 on this CPU; 1e-4 of the O(1) outputs
     # allows a few such flips elsewhere and still catches a leak or a wrong row (O(0.1)).
     model = random_model("tiny", 0).eval()
-    dit = export_model(model, "fp32", mask_free=False).dit
-    quantize_dit_torch(dit, 0, made_up_scales(model, precision), precision)
-    attn = dit.blocks[0].attn
-    assert isinstance(attn, QuantFusedAttention)
+    attn = quantized_first_attention(model, precision)
     inputs = attention_inputs(model.config.dit.width, model.config.dit.num_heads)
     with torch.no_grad():
         want = attn(*inputs)
@@ -204,10 +210,7 @@ def test_qkv_gives_q_a_one_at_channel_d_and_zero_pad_channels():
 
 @pytest.mark.parametrize("precision", QUANTIZATIONS)
 def test_quantized_layout_pads_with_zeros_and_unit_scales(precision):
-    model = random_model("tiny", 0).eval()
-    dit = export_model(model, "fp32", mask_free=False).dit
-    quantize_dit_torch(dit, 0, made_up_scales(model, precision), precision)
-    attn = dit.blocks[0].attn
+    attn = quantized_first_attention(random_model("tiny", 0).eval(), precision)
     free = padded(attn)
     H, d, d_pad, D = 4, 16, 32, 64
     qkv = free.qkv.weight_q.float().unflatten(0, (3, H, d_pad))
