@@ -9,6 +9,7 @@
 #   bash scripts/gpu_round.sh                          # every default step (more than 10 minutes)
 #   STEPS=tests bash scripts/gpu_round.sh              # one step per 10-minute device call ...
 #   STEPS="build bench" bash scripts/gpu_round.sh      # ... while the machine keeps $ENGINES
+#   STEPS=quant bash scripts/gpu_round.sh; STEPS=qreport bash scripts/gpu_round.sh   # issue 12 (not run yet)
 #
 # STEPS (default "tests build bench"; the environment is recorded every time):
 #   tests    python3 -m pytest -q -rs -m "gpu or trt"           -> $OUT/tests.log, tests.xml
@@ -19,6 +20,13 @@
 #   micro    python3 -m benchmarks.microbench (kernel-level)        -> $OUT/microbench.json
 #   reference  python3 -m benchmarks.reference, the eager model in fp32 and bf16
 #                                                                   -> $OUT/reference-{fp32,bf16}.json
+#   quant    calibration.calibrate fp8 and int8 on the GPU (the shipped prompts, one seed each),
+#            then export.build --quantization for each into $ENGINES-fp8 / -int8, reusing
+#            $ENGINES' unquantized components (only the DiT budgets compile: run `build` first)
+#                                                                   -> $OUT/quant-build.log
+#   qreport  calibration.report of each quantized build against $ENGINES (torch, cuda), then
+#            benchmarks.latency with --also-engines, batch 1        -> $OUT/report-{fp8,int8}.json,
+#                                                                      $OUT/latency-quant.json
 # Other settings: OUT (default gpu-out), SITE (where the wheels are installed; default a new
 # temporary folder; a SITE that already holds them is reused), ENGINES (default
 # artifacts/presto-ls-cuda-bf16), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
@@ -34,9 +42,9 @@ BASELINE=${BASELINE:-benchmarks/baselines/h100-presto-ls-bf16.json}
 RUNS=${RUNS:-20}
 for step in $STEPS; do
   case $step in
-    tests | build | bench | profile | micro | reference) ;;
+    tests | build | bench | profile | micro | reference | quant | qreport) ;;
     *)
-      echo "unknown step '$step' in STEPS; choose from tests build bench profile micro reference" >&2
+      echo "unknown step '$step' in STEPS; choose from tests build bench profile micro reference quant qreport" >&2
       exit 2 ;;
   esac
 done
@@ -88,6 +96,24 @@ eager_reference() {
       --json "$OUT/reference-$dtype.json" || return 1
   done
 }
+quantized_builds() {
+  for q in fp8 int8; do
+    python3 -m calibration.calibrate --preset presto-ls --precision "$q" --device cuda --seeds 1 \
+      -o "$ENGINES-calib-$q" || return 1
+    python3 -m export.build --preset presto-ls --backends torch --device cuda --precision bf16 \
+      --batch-sizes 1 --quantization "$q" --calibration "$ENGINES-calib-$q" \
+      --reuse-from "$ENGINES" --out "$ENGINES-$q" || return 1
+  done
+}
+quantized_report() {
+  for q in fp8 int8; do
+    python3 -m calibration.report --engines "$ENGINES-$q" --against "$ENGINES" --backend torch \
+      --device cuda --json "$OUT/report-$q.json" || return 1
+  done
+  python3 -m benchmarks.latency --engines "$ENGINES" --also-engines "$ENGINES-fp8" \
+    --also-engines "$ENGINES-int8" --device cuda --no-max-batch --backends torch --runs "$RUNS" \
+    --json "$OUT/latency-quant.json"
+}
 
 for step in $STEPS; do
   case $step in
@@ -108,6 +134,10 @@ for step in $STEPS; do
       run_step micro python3 -m benchmarks.microbench --json "$OUT/microbench.json" ;;
     reference)
       run_step reference eager_reference ;;
+    quant)
+      run_step quant-build quantized_builds ;;
+    qreport)
+      run_step qreport quantized_report ;;
   esac
 done
 
