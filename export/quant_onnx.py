@@ -182,6 +182,17 @@ def fused_scales(members: list[LayerScales], weight: Tensor, precision: str) -> 
     )
 
 
+def check_unpadded(attn: FusedAttention) -> None:
+    """ConfigError if export/attention.py has padded `attn`'s heads: calibration scales are of the
+    unpadded weights, so both quantized attentions (Q/DQ and real-kernel) take an unpadded one."""
+    if attn.padded_head:
+        raise ConfigError(
+            f"this attention's heads are already padded to {attn.padded_head} channels "
+            "(export/attention.py); quantize an export copy made with mask_free=False, then "
+            "pad it (quantized_torch_model does)"
+        )
+
+
 def attention_scales(
     q: LayerScales, k: LayerScales, v: LayerScales, weight: Tensor, precision: str
 ) -> tuple[LayerScales, Tensor]:
@@ -216,6 +227,7 @@ class QDQFusedAttention(nn.Module):
     ) -> None:
         """Takes over `attn` (its qkv and o are replaced in place)."""
         super().__init__()
+        check_unpadded(attn)
         qkv, text_amax = attention_scales(q, k, v, attn.qkv.weight, precision)
         attn.qkv = QDQLinear(attn.qkv, qkv, precision)
         attn.o = QDQLinear(attn.o, o, precision)
@@ -258,15 +270,10 @@ def quantize_blocks(
     quantized = []
     for i in blocks_for_budget(dit.cfg.num_blocks, budget):
         block, p = dit.blocks[i], f"blocks.{i}."
-        # exactly FusedAttention, unpadded: a quantized one (of either kind) is not quantized
-        # twice, and the scales are of the unpadded weights (export/attention.py pads afterwards)
-        assert (
-            type(block.attn) is FusedAttention
-            and not block.attn.padded_head
-            and isinstance(block.ffn, FusedSwiGLU)
-        ), (
-            f"block {i} is not the fused, unquantized, unpadded block of "
-            "export.spec.export_model(..., mask_free=False)"
+        # exactly FusedAttention: a quantized one (of either kind) is not quantized twice; a
+        # padded one is refused by `attention` (check_unpadded)
+        assert type(block.attn) is FusedAttention and isinstance(block.ffn, FusedSwiGLU), (
+            f"block {i} is not the fused, unquantized block of export.spec.export_model"
         )
         q, k, v, o, w1, w3, w2 = block_scales(layers, budget, i)
         block.attn = attention(block.attn, q, k, v, o, precision)

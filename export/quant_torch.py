@@ -38,6 +38,7 @@ from export.quant_onnx import (
     INT8_MAX,
     MIN_AMAX,
     attention_scales,
+    check_unpadded,
     quantize_blocks,
 )
 from export.quant_scales import FP8_MIN_CAPABILITY, Calibration, LayerScales
@@ -241,12 +242,7 @@ class QuantFusedAttention(FusedAttention):
         precision: str,
     ) -> None:
         nn.Module.__init__(self)  # FusedAttention's own __init__ builds from presto_ref's Attention
-        if attn.padded_head:
-            raise ConfigError(
-                f"this attention's heads are already padded to {attn.padded_head} channels "
-                "(export/attention.py); quantize an export copy made with mask_free=False, then "
-                "pad it (quantized_torch_model does)"
-            )
+        check_unpadded(attn)
         self.num_heads, self.width = attn.num_heads, attn.width
         qkv, text_amax = attention_scales(q, k, v, attn.qkv.weight, precision)  # the Q/DQ graph's
         qmax = INT8_MAX if precision == "int8" else FP8_E4M3_MAX

@@ -24,7 +24,7 @@ from export.attention import (
     padded_head_width,
 )
 from export.fuse import FusedAttention
-from export.quant_onnx import BLOCK_LINEARS, fused_scales, quantize_dit
+from export.quant_onnx import BLOCK_LINEARS, QDQFusedAttention, fused_scales, quantize_dit
 from export.quant_scales import Calibration, LayerScales
 from export.quant_torch import (
     FP8Linear,
@@ -263,12 +263,13 @@ def test_a_second_pass_pads_nothing():
     assert not any(block.attn.attention.padded_head for block in qdq.blocks)
 
 
-def test_quantizing_a_padded_attention_is_refused():
+@pytest.mark.parametrize("kind", [QuantFusedAttention, QDQFusedAttention])
+def test_quantizing_a_padded_attention_is_refused(kind):
     model = random_model("tiny", 0)
     attn = export_model(model, "fp32").dit.blocks[0].attn
     q, k, v, o = (made_up_scales(model, "fp8")[f"blocks.0.attn.{n}"] for n in "qkvo")
     with pytest.raises(ConfigError, match="already padded to 32 channels"):
-        QuantFusedAttention(attn, q, k, v, o, "fp8")
+        kind(attn, q, k, v, o, "fp8")
 
 
 def test_padded_head_width_and_doctests():
