@@ -141,21 +141,24 @@ def pad_attention(attn: nn.Module, dtype: torch.dtype = torch.float32) -> bool:
 
     if not isinstance(attn, FusedAttention) or attn.padded_head:
         return False
+    H = attn.num_heads
+    d = attn.width // H
+    d_pad = padded_head_width(d)
     quantized = (FP8Linear, Int8Linear)
     if type(attn.qkv) is nn.Linear and type(attn.o) is nn.Linear:
-        pad_float(attn)
+        pad_float(attn, H, d, d_pad)
     elif isinstance(attn.qkv, quantized) and isinstance(attn.o, quantized):
-        pad_quantized(attn, dtype)
+        pad_quantized(attn, H, d, d_pad, dtype)
     else:
         return False
+    attn.padded_head = d_pad
     return True
 
 
-def pad_float(attn: nn.Module) -> None:
-    """Pad a FusedAttention whose qkv and o are nn.Linear (new Linears, same device and dtype)."""
-    H, D = attn.num_heads, attn.width
-    d = D // H
-    d_pad = padded_head_width(d)
+def pad_float(attn: nn.Module, H: int, d: int, d_pad: int) -> None:
+    """Pad a FusedAttention whose qkv and o are nn.Linear to H heads of d' = d_pad (new Linears,
+    same device and dtype)."""
+    D = attn.width
     qkv, o = attn.qkv, attn.o
     assert qkv.bias is None, "FusedAttention's [q|k|v] GEMM has no bias of its own"
     kw = {"device": qkv.weight.device, "dtype": qkv.weight.dtype}
@@ -167,18 +170,16 @@ def pad_float(attn: nn.Module) -> None:
         new_o.weight.copy_(pad_heads(o.weight, H, d, d_pad, dim=1))  # (D, H d')
         if o.bias is not None:
             new_o.bias.copy_(o.bias)
-    attn.qkv, attn.o, attn.padded_head = new_qkv, new_o, d_pad
+    attn.qkv, attn.o = new_qkv, new_o
 
 
-def pad_quantized(attn: nn.Module, dtype: torch.dtype) -> None:
-    """Pad a QuantFusedAttention's FP8Linear / Int8Linear GEMMs in place: zero rows (qkv) and
-    columns (o) in the 8-bit weights, per-channel weight scale 1.0 on qkv's new rows and smoothing
-    1.0 on o's new input channels (int8), and qkv's bias in `dtype` (the activations')."""
+def pad_quantized(attn: nn.Module, H: int, d: int, d_pad: int, dtype: torch.dtype) -> None:
+    """Pad a QuantFusedAttention's FP8Linear / Int8Linear GEMMs in place to H heads of d' = d_pad:
+    zero rows (qkv) and columns (o) in the 8-bit weights, per-channel weight scale 1.0 on qkv's new
+    rows and smoothing 1.0 on o's new input channels (int8), and qkv's bias in `dtype` (the
+    activations')."""
     from export.quant_torch import Int8Linear
 
-    H, D = attn.num_heads, attn.width
-    d = D // H
-    d_pad = padded_head_width(d)
     qkv, o = attn.qkv, attn.o
     assert qkv.bias is None, "QuantFusedAttention's [q|k|v] GEMM has no bias of its own"
     device = qkv.weight_q.device
@@ -191,4 +192,3 @@ def pad_quantized(attn: nn.Module, dtype: torch.dtype) -> None:
     if isinstance(o, Int8Linear):
         o.smooth = pad_heads(o.smooth, H, d, d_pad, fill=1.0)  # (H d',)
     o.in_features = H * d_pad
-    attn.padded_head = d_pad
