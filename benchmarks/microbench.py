@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import export
 from benchmarks.measure import Timer, prepare_profiler, time_fn
 from benchmarks.profile import profile_call
 from benchmarks.report import write_json
@@ -164,10 +165,9 @@ def fp8_gemms(a, t, h, wqkv, wkv, w13, w2) -> dict[str, tuple[Callable[[], Any],
             x, w, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=fast
         )
 
-    rows = {}
+    rows, (M, D) = {}, a.shape
     for fast in (False, True):
         tag = "_fp8_fast" if fast else "_fp8"
-        M, D = a.shape
         rows["qkv_fused_plus_text_kv" + tag] = (
             lambda f=fast: (mm(a8, w8["qkv"], f), mm(t8, w8["kv"], f)),
             2 * D * D * (3 * M + 2 * t.shape[0]),
@@ -189,7 +189,7 @@ def attention(b: Bench) -> dict[str, Any]:
     mask = torch.ones(B, 1, 1, T_lat + S, dtype=torch.bool, device=dev)
     mask[..., T_lat + TEXT_KEPT :] = False  # audio keys all kept, text keys past the prompt masked
     flop = 4 * B * heads * T_lat * (T_lat + S) * d
-    dp = -(-(d + 1) // 16) * 16  # export/attention.py's padded head width (72 -> 80)
+    dp = export.padded_head_width(d)  # the exported graphs' head width (72 -> 80)
     qp, kp, vp = (F.pad(x, (0, dp - d)) for x in (q, k, v))
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
     cases = [

@@ -6,6 +6,8 @@ AOTInductor packages) and the `manifest.json` that describes them for `runtime`.
     available_backends()                             what this machine can build
     forward_cost(model_or_config, component, ...)    FLOPs and weight bytes of one call, as
     forward_flops(...)                               every manifest artifact records them
+    padded_head_width(d)                             the DiT's attention head width in exported
+                                                     graphs (export/attention.py: 72 -> 80)
 
 The command line is `python -m export.build` (see its --help). ONNX, TensorRT and Polygraphy are
 imported only when a build needs them. With quantization="fp8"/"int8" and a calibration folder, the
@@ -13,6 +15,7 @@ DiT is built from its Q/DQ graph (quant_onnx.py, the folder's format in quant_sc
 packages with real FP8/INT8 GEMMs (quant_torch.py); `calibration` writes those folders.
 """
 
+from export.attention import padded_head_width
 from export.folder import BuiltArtifact, build_folder, load_model
 from export.plan import available_backends
 from presto_ref.flops import ForwardCost, forward_cost, forward_flops
@@ -25,4 +28,5 @@ __all__ = [
     "forward_cost",
     "forward_flops",
     "load_model",
+    "padded_head_width",
 ]
