@@ -86,11 +86,7 @@ def build_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
         except _ort_refusals() as err:
             details["verify_skipped"] = _bf16_refusal(spec, err)
             return result.path.name, details
-        details["parity"] = {
-            "rel_l2": parity.rel_l2,
-            "cosine": parity.cosine,
-            "max_abs": parity.max_abs,
-        }
+        details["parity"] = parity.as_record()
         log.info("  %s vs reference on ONNX Runtime CPU: %s", spec.name, parity)
         if spec.precision == "fp32" and parity.rel_l2 > FP32_PARITY_BOUND:
             raise EngineBuildError(
@@ -144,36 +140,29 @@ def build_quantized_onnx(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict
             "file": result.data_path.name,
             "sha256": sha256_file(result.data_path),
         }
-    if ctx.plan.verify and spec.precision != "fp32":
-        # ONNX Runtime's CPU provider has no bf16/fp16 kernels for these graphs (Add, Where), so
-        # only the module they were exported from is checked: its scales fit this model.
+    if ctx.plan.verify:
         inputs = spec.sample_inputs(0)
-        with torch.no_grad():
-            module = spec.module.eval()(*inputs).float().numpy()
-        parity = compare(reference_output(ctx.reference, spec, inputs), module)
-        details["module_parity"] = {"rel_l2": parity.rel_l2, "cosine": parity.cosine}
-        log.info("  %s's fake-quantized module vs the fp32 reference: %s", spec.name, parity)
-        _check_quantized_cosine(spec, ctx, parity)
-    elif ctx.plan.verify:
-        inputs = spec.sample_inputs(0)
-        got = run_onnx(result.path, spec, inputs)
         with torch.no_grad():
             fake_quant = spec.module.eval()(*inputs).float().numpy()
-        qdq = compare(fake_quant, got)
-        parity = compare(reference_output(ctx.reference, spec, inputs), got)
-        details["parity"] = {
-            "rel_l2": parity.rel_l2,
-            "cosine": parity.cosine,
-            "max_abs": parity.max_abs,
-        }
-        details["qdq_parity"] = {"rel_l2": qdq.rel_l2, "cosine": qdq.cosine, "max_abs": qdq.max_abs}
-        log.info("  %s vs its fake-quantized module on ONNX Runtime CPU: %s", spec.name, qdq)
-        log.info("  %s vs the fp32 reference on ONNX Runtime CPU: %s", spec.name, parity)
-        if qdq.rel_l2 > QDQ_PARITY_BOUND:
-            raise EngineBuildError(
-                f"{spec.name}.onnx disagrees with its fake-quantized module: {qdq} (bound "
-                f"{QDQ_PARITY_BOUND:g}); this is an export bug, please report it"
-            )
+        reference = reference_output(ctx.reference, spec, inputs)
+        if spec.precision != "fp32":
+            # ONNX Runtime's CPU provider has no bf16/fp16 kernels for these graphs (Add, Where),
+            # so only the module they were exported from is checked: its scales fit this model.
+            parity = compare(reference, fake_quant)
+            details["module_parity"] = {"rel_l2": parity.rel_l2, "cosine": parity.cosine}
+            log.info("  %s's fake-quantized module vs the fp32 reference: %s", spec.name, parity)
+        else:
+            got = run_onnx(result.path, spec, inputs)
+            qdq = compare(fake_quant, got)
+            parity = compare(reference, got)
+            details["parity"], details["qdq_parity"] = parity.as_record(), qdq.as_record()
+            log.info("  %s vs its fake-quantized module on ONNX Runtime CPU: %s", spec.name, qdq)
+            log.info("  %s vs the fp32 reference on ONNX Runtime CPU: %s", spec.name, parity)
+            if qdq.rel_l2 > QDQ_PARITY_BOUND:
+                raise EngineBuildError(
+                    f"{spec.name}.onnx disagrees with its fake-quantized module: {qdq} (bound "
+                    f"{QDQ_PARITY_BOUND:g}); this is an export bug, please report it"
+                )
         _check_quantized_cosine(spec, ctx, parity)
     return result.path.name, details
 

@@ -32,6 +32,10 @@ class Parity:
             f"at {self.argmax}"
         )
 
+    def as_record(self) -> dict[str, float]:
+        """rel_l2, cosine and max_abs: the manifest's record of a check (Artifact.build)."""
+        return {"rel_l2": self.rel_l2, "cosine": self.cosine, "max_abs": self.max_abs}
+
 
 def compare(reference: np.ndarray, got: np.ndarray) -> Parity:
     ref = reference.astype(np.float64)
