@@ -9,42 +9,51 @@
 #   bash scripts/gpu_round.sh                          # every default step (more than 10 minutes)
 #   STEPS=tests bash scripts/gpu_round.sh              # one step per 10-minute device call ...
 #   STEPS="build bench" bash scripts/gpu_round.sh      # ... while the machine keeps $ENGINES
-#   STEPS=quant bash scripts/gpu_round.sh; STEPS=qreport bash scripts/gpu_round.sh   # issue 12 (not run yet)
+#   STEPS="build quant qreport qlatency qbatch" bash scripts/gpu_round.sh   # issue 12, in the background
+#   PRESET=tiny DEVICE=cpu QUANTS=int8 STEPS="build quant qreport qlatency" SITE=DIR bash ...  # CPU trial
 #
 # STEPS (default "tests build bench"; the environment is recorded every time):
 #   tests    python3 -m pytest -q -rs -m "gpu or trt"           -> $OUT/tests.log, tests.xml
-#   build    python3 -m export.build --preset presto-ls ... bf16, batch 1, into $ENGINES
+#   build    python3 -m export.build --preset $PRESET ... bf16, batch 1, into $ENGINES
 #   bench    python3 -m benchmarks.latency on $ENGINES, batch 1, torch / torch-nograph / eager-bf16,
 #            --compare $BASELINE (exit 1 on a regression)         -> $OUT/latency.json, latency.log
 #   profile  python3 -m benchmarks.profile on $ENGINES              -> $OUT/profile.json
 #   micro    python3 -m benchmarks.microbench (kernel-level)        -> $OUT/microbench.json
 #   reference  python3 -m benchmarks.reference, the eager model in fp32 and bf16
 #                                                                   -> $OUT/reference-{fp32,bf16}.json
-#   quant    calibration.calibrate fp8 and int8 on the GPU (the shipped prompts, one seed each),
-#            then export.build --quantization for each into $ENGINES-fp8 / -int8, reusing
-#            $ENGINES' unquantized components (only the DiT budgets compile: run `build` first)
+#   quant    calibration.calibrate for each of QUANTS (the shipped prompts, one seed; kept in
+#            $ENGINES-calib-Q and reused), then export.build --quantization Q into $ENGINES-Q, one
+#            after the other, reusing $ENGINES' unquantized components (run `build` first)
 #                                                                   -> $OUT/quant-build.log
-#   qreport  calibration.report of each quantized build against $ENGINES (torch, cuda), then
-#            benchmarks.latency with --also-engines, batch 1        -> $OUT/report-{fp8,int8}.json,
-#                                                                      $OUT/latency-quant.json
+#   qreport  calibration.report of each of QUANTS' builds against $ENGINES (torch)
+#                                                                   -> $OUT/report-Q.json
+#   qlatency benchmarks.latency of $ENGINES with --also-engines for every $ENGINES-fp8/-int8 that
+#            exists, batch 1                                        -> $OUT/latency-quant.json
+#   qbatch   scripts/quant_round.py's speed stage: the budget-0 DiT package, bf16 and each of
+#            QUANTS, at QBATCHES                                    -> $OUT/qbatch/quant-round.json
 # Other settings: OUT (default gpu-out), SITE (where the wheels are installed; default a new
-# temporary folder; a SITE that already holds them is reused), ENGINES (default
-# artifacts/presto-ls-cuda-bf16), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
-# RUNS (timed runs of bench, default 20), PYTEST_ARGS (appended to the tests step's pytest, e.g.
-# "tests/gpu" to run that folder alone), PRESTO_GPU_BUILDS (where tests/gpu builds; see its
-# conftest.py). Exits 1 if any step failed, after running them all.
+# temporary folder; a SITE that already holds them is reused), PRESET (default presto-ls), DEVICE
+# (default cuda), ENGINES (default artifacts/$PRESET-$DEVICE-bf16), QUANTS (default "fp8 int8"),
+# QBATCHES (default 64,128), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
+# RUNS (timed runs of bench, qlatency and qbatch, default 20), PYTEST_ARGS (appended to the tests
+# step's pytest, e.g. "tests/gpu" to run that folder alone), PRESTO_GPU_BUILDS (where tests/gpu
+# builds; see its conftest.py). Exits 1 if any step failed, after running them all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 STEPS=${STEPS:-tests build bench}
-ENGINES=${ENGINES:-artifacts/presto-ls-cuda-bf16}
+PRESET=${PRESET:-presto-ls}
+DEVICE=${DEVICE:-cuda}
+QUANTS=${QUANTS:-fp8 int8}
+ENGINES=${ENGINES:-artifacts/$PRESET-$DEVICE-bf16}
 BASELINE=${BASELINE:-benchmarks/baselines/h100-presto-ls-bf16.json}
 RUNS=${RUNS:-20}
+QBATCHES=${QBATCHES:-64,128}
 for step in $STEPS; do
   case $step in
-    tests | build | bench | profile | micro | reference | quant | qreport) ;;
+    tests | build | bench | profile | micro | reference | quant | qreport | qlatency | qbatch) ;;
     *)
-      echo "unknown step '$step' in STEPS; choose from tests build bench profile micro reference quant qreport" >&2
+      echo "unknown step '$step' in STEPS; choose from tests build bench profile micro reference quant qreport qlatency qbatch" >&2
       exit 2 ;;
   esac
 done
@@ -96,23 +105,44 @@ eager_reference() {
       --json "$OUT/reference-$dtype.json" || return 1
   done
 }
-quantized_builds() {
-  for q in fp8 int8; do
-    python3 -m calibration.calibrate --preset presto-ls --precision "$q" --device cuda --seeds 1 \
-      -o "$ENGINES-calib-$q" || return 1
-    python3 -m export.build --preset presto-ls --backends torch --device cuda --precision bf16 \
+calibrations() {  # one per precision of QUANTS, kept beside $ENGINES (a second round reuses them)
+  for q in $QUANTS; do
+    [ -e "$ENGINES-calib-$q/calibration.json" ] && continue
+    python3 -m calibration.calibrate --preset "$PRESET" --precision "$q" --device "$DEVICE" \
+      --seeds 1 -o "$ENGINES-calib-$q" || return 1
+  done
+}
+quantized_builds() {  # one after the other: builds sharing a GPU autotune under contention (README)
+  calibrations || return 1
+  for q in $QUANTS; do
+    python3 -m export.build --preset "$PRESET" --backends torch --device "$DEVICE" --precision bf16 \
       --batch-sizes 1 --quantization "$q" --calibration "$ENGINES-calib-$q" \
       --reuse-from "$ENGINES" --out "$ENGINES-$q" || return 1
   done
 }
 quantized_report() {
-  for q in fp8 int8; do
+  for q in $QUANTS; do
     python3 -m calibration.report --engines "$ENGINES-$q" --against "$ENGINES" --backend torch \
-      --device cuda --json "$OUT/report-$q.json" || return 1
+      --device "$DEVICE" --json "$OUT/report-$q.json" || return 1
   done
-  python3 -m benchmarks.latency --engines "$ENGINES" --also-engines "$ENGINES-fp8" \
-    --also-engines "$ENGINES-int8" --device cuda --no-max-batch --backends torch --runs "$RUNS" \
-    --json "$OUT/latency-quant.json"
+}
+quantized_latency() {  # $ENGINES beside every quantized build of it that exists
+  local also=() q
+  for q in fp8 int8; do [ -e "$ENGINES-$q/manifest.json" ] && also+=(--also-engines "$ENGINES-$q"); done
+  python3 -m benchmarks.latency --engines "$ENGINES" "${also[@]}" --device "$DEVICE" \
+    --no-max-batch --backends torch --runs "$RUNS" --json "$OUT/latency-quant.json"
+}
+quantized_batch() {  # the budget-0 DiT package alone at the large batches, bf16 beside each of QUANTS
+  local q
+  mkdir -p "$ENGINES-qwork"
+  for q in $QUANTS; do  # quant_round takes a calibration it finds in --work: the quant step's
+    if [ -e "$ENGINES-calib-$q/calibration.json" ]; then
+      ln -sfn "$(realpath "$ENGINES-calib-$q")" "$ENGINES-qwork/calib-$q"
+    fi
+  done
+  python3 scripts/quant_round.py --preset "$PRESET" --budget 0 --stages speed --device "$DEVICE" \
+    --precisions "bf16,${QUANTS// /,}" --batches "$QBATCHES" --runs "$RUNS" --out "$OUT/qbatch" \
+    --work "$ENGINES-qwork"
 }
 
 for step in $STEPS; do
@@ -122,7 +152,7 @@ for step in $STEPS; do
       run_step tests python3 -m pytest -q -rs -m "gpu or trt" -p no:cacheprovider \
         --junitxml "$OUT/tests.xml" ${PYTEST_ARGS:-} ;;
     build)
-      run_step build python3 -m export.build --preset presto-ls --backends torch --device cuda \
+      run_step build python3 -m export.build --preset "$PRESET" --backends torch --device "$DEVICE" \
         --precision bf16 --batch-sizes 1 --out "$ENGINES" ;;
     bench)
       run_step bench python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
@@ -138,6 +168,10 @@ for step in $STEPS; do
       run_step quant-build quantized_builds ;;
     qreport)
       run_step qreport quantized_report ;;
+    qlatency)
+      run_step qlatency quantized_latency ;;
+    qbatch)
+      run_step qbatch quantized_batch ;;
   esac
 done
 

@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                 build_s = time.perf_counter() - start
                 inputs = spec.sample_inputs(seed=1, device=dev)
                 del module, clone, spec
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(dev)
                 run = torch._inductor.aoti_load_package(str(path))
                 with torch.no_grad():
                     timing = time_fn(Timer(dev), lambda _, f=run, x=inputs: f(*x), args.runs, 5)
@@ -218,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                     "quantized_gemm_calls": package_quantized_gemms(path),
                     **timing,
                     "rows_per_s": batch / timing["median_ms"] * 1e3,
+                    # the package's weights, workspace and the inputs, while it ran
+                    "peak_mib": (
+                        torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+                    ),
                     "profile": profile,
                 }
                 doc.setdefault("speed", []).append(row)
