@@ -32,16 +32,15 @@ import numbers
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from presto_common.cli import write_wavs
 from presto_common.errors import ArtifactError, BackendUnavailable, InputError, NumericalError
 from presto_common.tokenizer import encode_bytes
+from runtime.audio import Audio
 from runtime.bucket import Bucket
 from runtime.catalog import Catalog
 from runtime.engines import Engine, open_engine
@@ -52,31 +51,6 @@ from runtime.sampling import check_kind, evaluations, num_draws
 from runtime.schedule import schedule
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Audio:
-    samples: np.ndarray  # (B, C, T) float32 as computed (stereo may exceed [-1, 1]); C = 2 or 1
-    sample_rate: int  # Hz
-    seeds: tuple[int, ...]
-
-    @property
-    def duration_s(self) -> float:
-        return self.samples.shape[-1] / self.sample_rate
-
-    def write_wav(
-        self, path: str | Path, take: int = 0, *, float_wav: bool = False, normalize: bool = False
-    ) -> Path:
-        """Write one take as a WAV (16-bit unless float_wav; see `presto_common.cli.write_wavs`)."""
-        path = Path(path)
-        write_wavs(
-            [path],
-            self.samples[take : take + 1],
-            self.sample_rate,
-            float_wav=float_wav,
-            normalize=normalize,
-        )
-        return path
 
 
 class Pipeline:
