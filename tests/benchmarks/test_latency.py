@@ -1,9 +1,9 @@
 """benchmarks.latency on the CPU with the tiny ONNX build: `python -m pytest tests/benchmarks -q`.
 
 JSON shape, RTF, costs from the manifest, backends side by side, the max-batch search and step-down
-under simulated out-of-memory, the partial JSON of a crashed run, --preset, usage and user errors,
-and the --compare exit codes. The GPU paths (CUDA events, peak memory, kernel launches, real
-out-of-memory) do not run here.
+under simulated out-of-memory, the partial JSON of a crashed run, --preset and the --compare exit
+codes; usage and user errors are in test_latency_errors.py. The GPU paths (CUDA events, peak memory,
+kernel launches, real out-of-memory) do not run here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import copy
 import io
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -294,7 +293,7 @@ def test_a_run_cut_short_keeps_its_rows_and_is_no_baseline(
     assert "cut short" in capsys.readouterr().err
 
 
-# --- --preset and errors --------------------------------------------------------------------------
+# --- --preset -------------------------------------------------------------------------------------
 
 
 def test_preset_builds_what_the_backends_need_then_reuses_it(build: Path, tmp_path: Path) -> None:
@@ -323,53 +322,6 @@ def test_build_backends_for_each_benchmark_backend() -> None:
     assert for_("torch,torch-nograph,eager-bf16", "cuda") == ["torch"]
     assert for_("onnxruntime,tensorrt", "cpu") == ["onnx", "tensorrt"]
     assert for_("eager-fp32", "cpu") == ["onnx"]  # only a manifest is needed: the cheapest build
-
-
-@pytest.mark.parametrize(
-    ("extra", "message"),
-    [
-        (["--backends", "onnxruntime,tensorflow"], "unknown backend 'tensorflow'"),
-        (["--backends", "torch,torch"], "backend torch is listed twice"),
-        (["--checkpoint", "ckpt"], "--checkpoint only applies to eager-fp32 / eager-bf16"),
-        (["--batch-sizes", "1,4"], "--batch-sizes only apply with --preset"),
-        (["--preset", "tiny", "--batch-sizes", "1,x"], "--batch-sizes 1,x: expected a comma"),
-    ],
-)
-def test_usage_errors(
-    build: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
-) -> None:
-    with pytest.raises(SystemExit) as exc:
-        latency.main(["--engines", str(build), *FAST, *extra])
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-def test_neither_engines_nor_preset(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exc:
-        latency.main(FAST)
-    assert exc.value.code == 2
-    assert "give --engines DIR (a build folder), or --preset NAME" in capsys.readouterr().err
-
-
-def test_checkpoint_of_another_config(
-    build: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    from presto_ref.checkpoint import random_model, save_checkpoint
-    from presto_ref.presets import get_preset
-
-    other = save_checkpoint(random_model(get_preset("tiny").replace(name="other")), tmp_path / "c")
-    argv = ["--engines", str(build), *FAST, "--backends", "eager-fp32", "--checkpoint", str(other)]
-    assert latency.main(argv) == 1
-    assert "the build was made from" in capsys.readouterr().err
-
-
-def test_eager_without_presto_ref(
-    build: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "presto_ref", None)  # makes `import presto_ref` fail
-    assert latency.main(["--engines", str(build), *FAST, "--backends", "eager-bf16"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: backend eager-bf16 needs presto_ref")
 
 
 # --- the --compare exit codes (the run itself is the fixture's, replayed) -------------------------
