@@ -24,7 +24,7 @@
 #   quant    calibration.calibrate for each of QUANTS (the shipped prompts, one seed; kept in
 #            $ENGINES-calib-Q and reused), then export.build --quantization Q into $ENGINES-Q, one
 #            after the other, reusing $ENGINES' unquantized components (run `build` first)
-#                                                                   -> $OUT/quant-build.log
+#                                                                   -> $OUT/quant.log
 #   qreport  calibration.report of each of QUANTS' builds against $ENGINES (torch)
 #                                                                   -> $OUT/report-Q.json
 #   qlatency benchmarks.latency of $ENGINES with --also-engines for every $ENGINES-fp8/-int8 that
@@ -165,7 +165,7 @@ for step in $STEPS; do
     reference)
       run_step reference eager_reference ;;
     quant)
-      run_step quant-build quantized_builds ;;
+      run_step quant quantized_builds ;;
     qreport)
       run_step qreport quantized_report ;;
     qlatency)
