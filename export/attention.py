@@ -22,8 +22,8 @@ to 171.
 
 An earlier attempt (0453fef, reverted) built q', k' and v' with torch.cat and F.pad at run time;
 in a CUDA graph those copies cost more than the mask saved. Here the only new run-time tensors are
-small (the padded angles (T, d'/2) and the bias (B, 1, S, d')); the existing copies run over wider
-heads. `pad_attention_heads` pads the weights once,
+small (the bias (B, 1, S, d'); the rotary tables are constants, see `attach_rotary_tables`); the
+existing copies run over wider heads. `pad_attention_heads` pads the weights once,
 
     qkv  W (3 H d, D) -> (3 H d', D): each head's q, k and v rows followed by d' - d zero rows,
          and a bias (3 H d',): 1.0 at channel d of every q head, 0 elsewhere (so q' = [q, 1, 0...])
@@ -48,7 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from presto_ref.layers import apply_rotary
+from presto_common.errors import ConfigError
+from presto_ref.layers import rotary_angles, rotary_tables, rotate_pairs
 
 HEAD_MULTIPLE = 16  # padded head widths are multiples of this (FP8 attention and FA3-class kernels)
 MASKED_LOGIT = -5000.0  # the logit bias of a padded key: exp(-5000) underflows to 0 in fp32
@@ -84,15 +85,53 @@ def mask_free_attention(
 
     q, k_a, v_a = attn.qkv(a).split(H * d_pad, dim=-1)  # (B, T, H d') each; q's channel d is 1
     k_t, v_t = attn.text_kv(text).split(H * d_pad, dim=-1)  # (B, S, H d') each
-    angles = F.pad(angles, (0, (d_pad - d) // 2))  # (T, d'/2): the pad channels rotate by 0
+    cos, sin = rope_of(attn, angles, d_pad - d)  # (T, d'/2) each
     valid = key_mask[..., T:].transpose(-1, -2)  # (B, 1, S, 1)
     bias = torch.where(valid, 0.0, MASKED_LOGIT / scale)  # (B, 1, S, 1) fp32
     bias = F.pad(bias, (d, d_pad - d - 1)).to(k_t.dtype)  # (B, 1, S, d'): b / s at channel d
-    q = apply_rotary(heads(q), angles)  # (B, H, T, d')
-    k = torch.cat([apply_rotary(heads(k_a), angles), heads(k_t) + bias], dim=2)  # text unrotated
+    q = rotate_pairs(heads(q), cos, sin)  # (B, H, T, d')
+    k = torch.cat([rotate_pairs(heads(k_a), cos, sin), heads(k_t) + bias], dim=2)  # text unrotated
     v = heads(torch.cat([v_a, v_t], dim=1))  # (B, H, T + S, d')
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, T, d'), pad channels 0
     return attn.o(out.transpose(1, 2).flatten(2))  # o's pad columns are zero
+
+
+def rope_of(attn: nn.Module, angles: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+    """cos and sin (T, d'/2) fp32 for a padded attention: the first T rows of its tables
+    (`attach_rotary_tables`) if it has them, else computed from angles (T, d/2) padded with `pad`
+    / 2 zero angles (cos 1, sin 0: the pad channels are not rotated)."""
+    T = angles.shape[0]
+    tables = getattr(attn, "rope_cos", None), getattr(attn, "rope_sin", None)
+    if tables[0] is None:
+        return rotary_tables(F.pad(angles, (0, pad // 2)))
+    if tables[0].shape[0] < T or tables[0].dtype != torch.float32:
+        raise ConfigError(
+            f"rotary tables {tuple(tables[0].shape)} {tables[0].dtype} cannot serve {T} positions "
+            "in fp32: attach them (export.attention.attach_rotary_tables) after the last dtype "
+            "cast, for at least the longest bucket's frames"
+        )
+    return tables[0][:T], tables[1][:T]
+
+
+def attach_rotary_tables(dit: nn.Module, positions: int) -> int:
+    """Give every padded attention of `dit` the fp32 cos and sin tables (positions, d'/2) of its
+    rotary angles (one pair, shared by all blocks; non-persistent buffers), so that the compiled
+    graph reads them instead of recomputing pow, cos and sin per element of q and k in each block
+    (Inductor inlines that index arithmetic into every rotary kernel; on the H200 those kernels
+    took 92 of 560 ms of the bf16 DiT at 128 takes, docs/measurements.md). Same values as
+    rope_of's fallback. Call it after the last dtype cast (a cast would round the tables); returns
+    how many attentions got them."""
+    padded = [b.attn for b in dit.blocks if getattr(b.attn, "padded_head", 0)]
+    if not padded:
+        return 0
+    d_pad, d = padded[0].padded_head, dit.cfg.head_dim
+    device = next(dit.parameters()).device
+    angles = rotary_angles(positions, d, dit.cfg.rope_theta, device)  # (positions, d/2) fp32
+    cos, sin = rotary_tables(F.pad(angles, (0, (d_pad - d) // 2)))
+    for attn in padded:
+        attn.register_buffer("rope_cos", cos, persistent=False)
+        attn.register_buffer("rope_sin", sin, persistent=False)
+    return len(padded)
 
 
 # --- padding the weights --------------------------------------------------------------------------

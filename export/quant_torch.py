@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.attention import pad_attention_heads
+from export.attention import attach_rotary_tables, pad_attention_heads
 from export.fuse import FusedAttention
 from export.quant_onnx import (
     FP8_E4M3_MAX,
@@ -309,6 +309,7 @@ def quantized_torch_model(
     names = quantize_dit_torch(clone.dit, budget, layers, calibration.precision)
     pad_attention_heads(clone.dit)
     cast_unquantized(clone, torch_dtype(precision))
+    attach_rotary_tables(clone.dit, model.config.max_frames)  # after the cast: fp32 tables
     return clone, names
 
 

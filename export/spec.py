@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from export.attention import pad_attention_heads
+from export.attention import attach_rotary_tables, pad_attention_heads
 from export.fold import fold_weight_norm, replace_transposed_convs
 from export.fuse import fuse_dit_projections
 from presto_common.errors import ConfigError
@@ -162,14 +162,19 @@ def graph_for(model: Presto, component: str, budget: int | None = None) -> nn.Mo
 # --- the export-ready model and the buckets it can be built for ----------------------------------
 
 
-def export_model(model: Presto, precision: Precision, *, mask_free: bool = True) -> Presto:
+def export_model(
+    model: Presto, precision: Precision, *, mask_free: bool = True, rope_tables: bool = True
+) -> Presto:
     """A copy of `model` ready for export: weight norm folded, transposed convolutions in polyphase
     form (export/fold.py), the DiT's projections fused (export/fuse.py), weights in the target
     dtype, eval mode.
 
     mask_free: pad the attention heads so that attention runs without its key mask
     (export/attention.py). Quantization takes an unpadded copy (mask_free=False): it reads the
-    unpadded weights, and export/quant_torch.py pads after quantizing."""
+    unpadded weights, and export/quant_torch.py pads after quantizing.
+    rope_tables: give the padded attentions fp32 cos/sin tables for the model's longest bucket
+    (export.attention.attach_rotary_tables) instead of computing them in every block; False
+    keeps the per-block computation (scripts/quant_round.py's bf16-rope-inline compares them)."""
     dtype = torch_dtype(precision)
     # A fresh model, not copy.deepcopy: a deep copy shares the classes that parametrisation creates
     # per module, and folding one copy would strip the `weight` property from the other.
@@ -180,7 +185,10 @@ def export_model(model: Presto, precision: Precision, *, mask_free: bool = True)
     fuse_dit_projections(clone.dit)
     if mask_free:
         pad_attention_heads(clone.dit)
-    return clone.float().eval().to(dtype)
+    clone = clone.float().eval().to(dtype)
+    if mask_free and rope_tables:
+        attach_rotary_tables(clone.dit, model.config.max_frames)
+    return clone
 
 
 def dit_batch_size(config: PrestoConfig, batch: int) -> int:

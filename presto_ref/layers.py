@@ -77,13 +77,24 @@ def rotary_angles(num_positions: int, head_dim: int, theta: float, device: torch
     return positions[:, None] * inv_freq[None]
 
 
-def apply_rotary(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate consecutive channel pairs of x: (B, H, T, d) by angles: (T, d/2); math in fp32."""
+def rotary_tables(angles: Tensor) -> tuple[Tensor, Tensor]:
+    """cos and sin of rotary angles (T, d/2), each (T, d/2) in the angles' dtype (fp32)."""
+    return torch.cos(angles), torch.sin(angles)
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate consecutive channel pairs of x: (B, H, T, d) by the angles whose cos and sin (T, d/2)
+    are given; math in fp32, result in x's dtype."""
     xf = x.float().unflatten(-1, (-1, 2))
-    cos, sin = torch.cos(angles)[:, :, None], torch.sin(angles)[:, :, None]  # (T, d/2, 1)
+    cos, sin = cos[:, :, None], sin[:, :, None]  # (T, d/2, 1)
     x0, x1 = xf[..., :1], xf[..., 1:]
     out = torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+def apply_rotary(x: Tensor, angles: Tensor) -> Tensor:
+    """Rotate consecutive channel pairs of x: (B, H, T, d) by angles: (T, d/2); math in fp32."""
+    return rotate_pairs(x, *rotary_tables(angles))
 
 
 # --- audio convolutions -------------------------------------------------------------------------

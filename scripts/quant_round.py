@@ -21,7 +21,9 @@ Stages (--stages, default both), each precision of --precisions:
             quantized, per batch of --batches: median of --runs calls after 5 (CUDA events, no CUDA
             graph), rows per second, the quantized GEMM calls in its wrapper code, and one call's
             GPU time by kernel class (benchmarks.profile). --precisions may also name
-            bf16-masked: the bf16 DiT with the text padding mask export/attention.py removes.
+            bf16-masked: the bf16 DiT with the text padding mask export/attention.py removes;
+            bf16-rope-inline: the bf16 DiT computing its rotary cos/sin in every block instead of
+            reading export/attention.py's tables.
 OUT/quant-round.json is rewritten after every measurement, so a call cut short keeps its figures.
 Calibrations are kept in --work (default OUT/work) and reused there: a second call with the same
 --work (the device machine keeps files between calls while it stays warm) does not calibrate again.
@@ -49,6 +51,9 @@ from export.spec import dit_batch_size, dit_spec, export_model, graph_for
 from export.torch_backend import compile_package
 from presto_ref.checkpoint import random_model
 from presto_ref.pipeline import Presto
+
+# bf16 DiTs without one export rewrite: speed rows only, beside bf16
+BF16_FORMS = ("bf16-masked", "bf16-rope-inline")
 
 
 class PerBudget(torch.nn.Module):
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if "fidelity" in stages:
         start = time.perf_counter()
         variants = {
-            q: variant(model, q, calibration_of(q), dev) for q in precisions if q != "bf16-masked"
+            q: variant(model, q, calibration_of(q), dev) for q in precisions if q not in BF16_FORMS
         }
         doc["fidelity"] = fidelity(model.to(dev), variants, args.seeds, dev)
         doc["fidelity"]["seconds"] = round(time.perf_counter() - start, 1)
@@ -189,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" in stages:
         for q in precisions:
             for batch in batches:
-                if q in ("bf16", "bf16-masked"):
-                    clone = export_model(model, "bf16", mask_free=q == "bf16")
+                if q in BF16_FORMS or q == "bf16":
+                    forms = {
+                        "bf16-masked": {"mask_free": False},
+                        "bf16-rope-inline": {"rope_tables": False},
+                    }
+                    clone = export_model(model, "bf16", **forms.get(q, {}))
                 else:
                     clone, _ = quantized_torch_model(model, args.budget, calibration_of(q), "bf16")
                 rows = dit_batch_size(model.config, batch)  # the DiT spec a build would make
@@ -238,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{q}@{b}": by[("bf16", b)]["median_ms"] / by[(q, b)]["median_ms"]
             for (q, b) in by
             if q != "bf16" and ("bf16", b) in by
-        }  # bf16-masked@B below 1: what removing the mask gained
+        }  # bf16-masked@B below 1: what removing the mask gained; bf16-rope-inline: the tables
         print(json.dumps(doc["speedup_vs_bf16"]))
         save()
     return 0

@@ -178,6 +178,8 @@ def test_quantized_torch_model_pads_after_quantizing(precision):
     kind = FP8Linear if precision == "fp8" else Int8Linear
     for block in padded_model.dit.blocks:
         assert block.attn.padded_head == 32 and isinstance(block.attn.qkv, kind)
+        # its rotary tables (tests/export/test_rotary_tables.py) attached after the cast: fp32
+        assert block.attn.rope_cos.dtype == torch.float32
     inputs = dit_inputs(model)
     with torch.no_grad():
         want = graph_for(masked, "dit", 0)(*inputs)

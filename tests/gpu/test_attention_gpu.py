@@ -1,4 +1,5 @@
-"""export/attention.py on CUDA: bf16 attention with padded heads and no mask against the masked one.
+"""export/attention.py on CUDA: bf16 attention with padded heads and no mask against the masked one,
+and the DiT with rotary tables against the one computing them per block.
 
     python -m pytest -q -rs -m gpu tests/gpu/test_attention_gpu.py
 
@@ -55,3 +56,24 @@ def test_padded_bf16_attention_equals_the_masked_one_on_cuda():
     }
     assert all(e < 1e-2 for e in errors.values()), errors
     assert errors["padded vs fp32"] < 1.5 * errors["masked vs fp32"] + 1e-3, errors
+
+
+def test_rotary_tables_give_the_inline_dit_output_on_cuda():
+    # export/attention.py's tables are made on the CPU at export, the inline form computes cos and
+    # sin on the GPU: the two differ by an ulp or so in fp32 (1e-7 relative), which flips the bf16
+    # rounding of a few q/k elements (2^-8 each). Through the blocks that is a relative L2 of 1e-4
+    # or less; 1e-3 still catches a wrong table (a shifted position or an unrotated pad is O(1)).
+    from export.spec import dit_spec, export_model, graph_for
+    from presto_ref.checkpoint import random_model
+
+    device = torch.device("cuda")
+    model = random_model("small", 0).eval()
+    frames = model.config.max_frames
+    inputs = [t.to(device) for t in dit_spec(model, "fp32", 2, frames, 0).sample_inputs(seed=3)]
+    out = {}
+    for tables in (False, True):
+        clone = export_model(model, "bf16", rope_tables=tables).to(device)
+        with torch.no_grad():
+            out[tables] = graph_for(clone, "dit", 0)(*inputs)
+    assert torch.isfinite(out[True]).all()
+    assert rel_l2(out[True], out[False]) < 1e-3
