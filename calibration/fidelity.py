@@ -159,8 +159,11 @@ def dit_outputs(
         assert call.x.shape[0] % n == 0, f"{call.x.shape[0]} rows do not split into calls of {n}"
         chunks = []
         for i in range(0, call.x.shape[0], n):
+            # copies, not views: a row slice of a recording on the build's device would reach an
+            # AOTInductor package unaligned (it warns "not aligned at run time" and copies anyway)
             x, text, mask, bpm = (
-                t[i : i + n].to(device) for t in (call.x, call.text, call.text_mask, call.bpm)
+                t[i : i + n].to(device, copy=True)
+                for t in (call.x, call.text, call.text_mask, call.bpm)
             )
             x0 = bucket.denoise(x, float(call.sigma[0]), text, mask, bpm, call.budget)
             chunks.append(x0.to("cpu", torch.float32).clone())  # an engine may reuse its buffer
