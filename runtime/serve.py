@@ -83,8 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--timings-log",
         type=Path,
         metavar="PATH",
-        help="append one JSON line per model execution: GPU, rows, and the milliseconds spent "
-        "reading the requests, generating (the chain and the copy to the host) and answering",
+        help="append one JSON line per model execution: GPU, rows, the milliseconds spent "
+        "reading the requests, generating (the chain and the copy to the host) and answering, and "
+        "the garbage collections that ran meanwhile (count per generation, pause ms)",
+    )
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the start-up heap in Python's garbage collector (default: frozen out after the "
+        "warm-up, so that a full collection does not walk torch's objects mid-request)",
     )
     p.add_argument(
         "--ready-timeout-s",
@@ -176,6 +183,7 @@ def settings_for(args: argparse.Namespace) -> ModelSettings:
         max_queue_delay_ms=args.max_queue_delay_ms,
         cuda_graph=not args.no_cuda_graph,
         timings_log=None if args.timings_log is None else args.timings_log.resolve(),
+        gc_freeze=not args.no_gc_freeze,
     )
 
 

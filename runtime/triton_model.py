@@ -8,7 +8,8 @@ the build's batch buckets (`Pipeline.generate_takes`), so each take equals its s
 
 One model instance is one stub process holding one `Pipeline` on one device (one per GPU, or the
 CPU). `initialize` captures every bucket's CUDA graph before returning, and Triton reports the
-model ready only after that.
+model ready only after that; then, unless `runtime.serve --no-gc-freeze`, it freezes the heap out of
+Python's garbage collector (runtime/gc_pauses.py).
 
 Outputs per request: `audio` (n, C, T) float32, C = 2 (stereo) or 1 (mono), T samples at
 `sample_rate` (n, 1) int32 Hz.
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from presto_common.errors import InputError, PrestoError
+from runtime.gc_pauses import GCPauses, freeze_start_up
 from runtime.packing import Take
 from runtime.pipeline import Pipeline
 from runtime.triton_repo import INPUTS
@@ -142,12 +144,16 @@ class TritonPythonModel:
         )
         warmed = self.pipe.warm_up(stereo=tuple(json.loads(params["warm_up"])))
         self._device = device
+        # After the warm-up, so the engines and captured graphs are frozen too (runtime/gc_pauses.py)
+        frozen = freeze_start_up() if json.loads(params.get("gc_freeze", "false")) else 0
         # Line-buffered appends: each execution's line is one write, whole even with two instances.
         log_path = params.get("timings_log", "")
         self._timings = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
+        self._gc = GCPauses().start() if self._timings is not None else None
         pb_utils.Logger.log_info(
             f"presto on {device} ({self.pipe.backend}): {warmed} buckets warmed up "
-            f"(CUDA graphs captured: {self.pipe.cuda_graph}) in {time.perf_counter() - start:.1f} s"
+            f"(CUDA graphs captured: {self.pipe.cuda_graph}) in {time.perf_counter() - start:.1f} s; "
+            f"{frozen} objects frozen out of garbage collection"
         )
 
     def _arrays(self, request) -> dict[str, np.ndarray | None]:
@@ -161,6 +167,8 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         pb = self._pb
         start = time.perf_counter()
+        if self._gc is not None:
+            self._gc.take()  # what ran between executions is not this one's
         parsed: list[Parsed | None] = []
         refused: dict[int, PrestoError] = {}
         for i, request in enumerate(requests):
@@ -203,6 +211,7 @@ class TritonPythonModel:
             "read_ms": (read - start) * 1e3,
             "generate_ms": (gen - read) * 1e3,
             "answer_ms": (end - gen) * 1e3,
+            **(self._gc.take() if self._gc is not None else {}),  # gc_ms, gc_max_ms, gc_collections
         }
         try:
             self._timings.write(json.dumps(line) + "\n")
@@ -212,6 +221,8 @@ class TritonPythonModel:
             self._timings = None
 
     def finalize(self) -> None:
+        if self._gc is not None:
+            self._gc.stop()
         self.pipe.release_graphs()
         if self._timings is not None:
             self._timings.close()

@@ -115,6 +115,7 @@ class ModelSettings:
     cuda_graph: bool = True
     warm_up: tuple[bool, ...] = (True, False)  # stereo flags whose buckets are captured at start
     timings_log: Path | None = None  # a JSON line per model execution appended here (triton_model)
+    gc_freeze: bool = True  # freeze the start-up heap out of garbage collection (runtime/gc_pauses)
 
 
 def config_pbtxt(settings: ModelSettings) -> str:
@@ -141,6 +142,7 @@ def config_pbtxt(settings: ModelSettings) -> str:
         "cuda_graph": json.dumps(settings.cuda_graph),
         "warm_up": json.dumps(list(settings.warm_up)),
         "timings_log": str(settings.timings_log or ""),
+        "gc_freeze": json.dumps(settings.gc_freeze),
     }
     parameters = ",\n".join(
         f'  {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items()

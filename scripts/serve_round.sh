@@ -45,9 +45,10 @@
 # CONCURRENCY (default "1 8 32"), LOAD_S (seconds of load per concurrency, default 60),
 # PROTOCOL (http or grpc, default http), SHM_MIB (benchmarks.serve --shared-memory-mib, default 11:
 # 32 s of stereo float32 in a shared-memory region per client; 0 puts the audio in the response
-# body), RUNS (bench, default 20), WAIT_S
-# (default 540).
+# body), RUNS (bench, default 20), WAIT_S (default 540), SERVE_FLAGS (appended to every
+# runtime.serve of load1, load2 and split2, e.g. --no-gc-freeze to compare against the default).
 set -uo pipefail
+# shellcheck disable=SC2086  # SERVE_FLAGS is split into arguments on purpose
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 WORK=${WORK:-/tmp/serve-round}
@@ -110,7 +111,7 @@ bench() {
 }
 load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
   local name=$1 gpus=$2 pid status=0
-  python3 -m runtime.serve --engines "$ENGINES" --gpus "$gpus" --timings-log "$OUT/$name-timings.jsonl" \
+  python3 -m runtime.serve --engines "$ENGINES" ${SERVE_FLAGS:-} --gpus "$gpus" --timings-log "$OUT/$name-timings.jsonl" \
     > "$OUT/$name-server.log" 2>&1 &
   pid=$!
   python3 -c "from runtime import Client; Client('localhost:8000').wait_ready(600)" || {
@@ -130,10 +131,10 @@ load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
 
 split() {  # split NAME: one server per GPU, the load divided between them
   local name=$1 pa pb status=0 half
-  python3 -m runtime.serve --engines "$ENGINES" --gpus 0 --timings-log "$OUT/$name-a-timings.jsonl" \
+  python3 -m runtime.serve --engines "$ENGINES" ${SERVE_FLAGS:-} --gpus 0 --timings-log "$OUT/$name-a-timings.jsonl" \
     > "$OUT/$name-a-server.log" 2>&1 &
   pa=$!
-  python3 -m runtime.serve --engines "$ENGINES" --gpus 1 --http-port 8010 --grpc-port 8011 \
+  python3 -m runtime.serve --engines "$ENGINES" ${SERVE_FLAGS:-} --gpus 1 --http-port 8010 --grpc-port 8011 \
     --metrics-port 8012 --timings-log "$OUT/$name-b-timings.jsonl" > "$OUT/$name-b-server.log" 2>&1 &
   pb=$!
   python3 -c "from runtime import Client; [Client(u).wait_ready(600) for u in ('localhost:8000', 'localhost:8010')]" || {

@@ -135,6 +135,8 @@ def test_every_execution_is_timed_in_the_timings_log(served):
     last = lines[-1]
     assert (last["device"], last["requests"], last["rows"]) == ("cpu", 1, 1)
     assert last["generate_ms"] > 0 and last["read_ms"] >= 0 and last["answer_ms"] >= 0
+    # the collections that ran during the execution (runtime/gc_pauses.py), none needed
+    assert len(last["gc_collections"]) == 3 and 0 <= last["gc_max_ms"] <= last["gc_ms"]
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

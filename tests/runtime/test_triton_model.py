@@ -112,3 +112,9 @@ def test_serve_settings_come_from_the_build(build):
     settings = settings_for(build_parser().parse_args(["--engines", str(build), "--cpu"]))
     assert settings.gpus == () and settings.preferred_batches == (1, 2)
     assert settings.max_batch == 2 and settings.engines == build.resolve()
+    assert (
+        settings.gc_freeze
+        and 'key: "gc_freeze" value: { string_value: "true" }' in config_pbtxt(settings)
+    )
+    thawed = build_parser().parse_args(["--engines", str(build), "--cpu", "--no-gc-freeze"])
+    assert 'string_value: "false" }' in config_pbtxt(settings_for(thawed)).split("gc_freeze")[1]
