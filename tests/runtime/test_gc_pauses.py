@@ -51,6 +51,8 @@ def test_start_and_stop_are_idempotent():
 def test_freeze_moves_the_live_heap_out_of_collection(thawed):
     alive = len(gc.get_objects())
     frozen = freeze_start_up()
-    assert frozen == gc.get_freeze_count() >= alive // 2  # the imports, at least
+    # The imports, at least. (Frozen objects can still be freed by reference counting, so the
+    # count may have dropped by a few since the call returned.)
+    assert frozen >= alive // 2 and gc.get_freeze_count() > frozen // 2
     # What a full collection still walks: only what was allocated after the freeze.
     assert len(gc.get_objects()) < alive - frozen // 2
