@@ -98,19 +98,24 @@ def mask_free_attention(
 
 def rope_of(attn: nn.Module, angles: Tensor, pad: int) -> tuple[Tensor, Tensor]:
     """cos and sin (T, d'/2) fp32 for a padded attention: the first T rows of its tables
-    (`attach_rotary_tables`) if it has them, else computed from angles (T, d/2) padded with `pad`
-    / 2 zero angles (cos 1, sin 0: the pad channels are not rotated)."""
+    (`attach_rotary_tables`) if it has them, else `padded_rotary_tables` of angles (T, d/2)."""
     T = angles.shape[0]
-    tables = getattr(attn, "rope_cos", None), getattr(attn, "rope_sin", None)
-    if tables[0] is None:
-        return rotary_tables(F.pad(angles, (0, pad // 2)))
-    if tables[0].shape[0] < T or tables[0].dtype != torch.float32:
+    cos, sin = getattr(attn, "rope_cos", None), getattr(attn, "rope_sin", None)
+    if cos is None:
+        return padded_rotary_tables(angles, pad)
+    if cos.shape[0] < T or cos.dtype != torch.float32:
         raise ConfigError(
-            f"rotary tables {tuple(tables[0].shape)} {tables[0].dtype} cannot serve {T} positions "
+            f"rotary tables {tuple(cos.shape)} {cos.dtype} cannot serve {T} positions "
             "in fp32: attach them (export.attention.attach_rotary_tables) after the last dtype "
             "cast, for at least the longest bucket's frames"
         )
-    return tables[0][:T], tables[1][:T]
+    return cos[:T], sin[:T]
+
+
+def padded_rotary_tables(angles: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+    """cos and sin (T, (d + pad)/2) of angles (T, d/2) followed by pad / 2 zero angles (cos 1,
+    sin 0: the pad channels are not rotated)."""
+    return rotary_tables(F.pad(angles, (0, pad // 2)))
 
 
 def attach_rotary_tables(dit: nn.Module, positions: int) -> int:
@@ -119,15 +124,15 @@ def attach_rotary_tables(dit: nn.Module, positions: int) -> int:
     graph reads them instead of recomputing pow, cos and sin per element of q and k in each block
     (Inductor inlines that index arithmetic into every rotary kernel; on the H200 those kernels
     took 92 of 560 ms of the bf16 DiT at 128 takes, docs/measurements.md). Same values as
-    rope_of's fallback. Call it after the last dtype cast (a cast would round the tables); returns
-    how many attentions got them."""
+    rope_of's fallback (both are `padded_rotary_tables`). Call it after the last dtype cast (a
+    cast would round the tables); returns how many attentions got them."""
     padded = [b.attn for b in dit.blocks if getattr(b.attn, "padded_head", 0)]
     if not padded:
         return 0
     d_pad, d = padded[0].padded_head, dit.cfg.head_dim
     device = next(dit.parameters()).device
     angles = rotary_angles(positions, d, dit.cfg.rope_theta, device)  # (positions, d/2) fp32
-    cos, sin = rotary_tables(F.pad(angles, (0, (d_pad - d) // 2)))
+    cos, sin = padded_rotary_tables(angles, d_pad - d)
     for attn in padded:
         attn.register_buffer("rope_cos", cos, persistent=False)
         attn.register_buffer("rope_sin", sin, persistent=False)

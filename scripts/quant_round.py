@@ -52,8 +52,13 @@ from export.torch_backend import compile_package
 from presto_ref.checkpoint import random_model
 from presto_ref.pipeline import Presto
 
-# bf16 DiTs without one export rewrite: speed rows only, beside bf16
-BF16_FORMS = ("bf16-masked", "bf16-rope-inline")
+# The bf16 DiTs --precisions may name, as export_model options: bf16 itself, and forms without one
+# export rewrite (speed rows only, beside bf16)
+BF16_FORMS = {
+    "bf16": {},
+    "bf16-masked": {"mask_free": False},
+    "bf16-rope-inline": {"rope_tables": False},
+}
 
 
 class PerBudget(torch.nn.Module):
@@ -182,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if "fidelity" in stages:
         start = time.perf_counter()
         variants = {
-            q: variant(model, q, calibration_of(q), dev) for q in precisions if q not in BF16_FORMS
+            q: variant(model, q, calibration_of(q), dev)
+            for q in precisions
+            if q == "bf16" or q not in BF16_FORMS
         }
         doc["fidelity"] = fidelity(model.to(dev), variants, args.seeds, dev)
         doc["fidelity"]["seconds"] = round(time.perf_counter() - start, 1)
@@ -194,12 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     if "speed" in stages:
         for q in precisions:
             for batch in batches:
-                if q in BF16_FORMS or q == "bf16":
-                    forms = {
-                        "bf16-masked": {"mask_free": False},
-                        "bf16-rope-inline": {"rope_tables": False},
-                    }
-                    clone = export_model(model, "bf16", **forms.get(q, {}))
+                if q in BF16_FORMS:
+                    clone = export_model(model, "bf16", **BF16_FORMS[q])
                 else:
                     clone, _ = quantized_torch_model(model, args.budget, calibration_of(q), "bf16")
                 rows = dit_batch_size(model.config, batch)  # the DiT spec a build would make
