@@ -23,7 +23,10 @@ Stages (--stages, default both), each precision of --precisions:
             GPU time by kernel class (benchmarks.profile). --precisions may also name
             bf16-masked: the bf16 DiT with the text padding mask export/attention.py removes;
             bf16-rope-inline: the bf16 DiT computing its rotary cos/sin in every block instead of
-            reading export/attention.py's tables.
+            reading export/attention.py's tables. A "+autotune" suffix (bf16+autotune,
+            fp8+autotune) compiles that form with Inductor's max_autotune (GEMM templates with
+            fused epilogues, benchmarked at compile time; export builds leave it off) and is
+            compared against bf16+autotune.
 OUT/quant-round.json is rewritten after every measurement, so a call cut short keeps its figures.
 Calibrations are kept in --work (default OUT/work) and reused there: a second call with the same
 --work (the device machine keeps files between calls while it stays warm) does not calibrate again.
@@ -59,6 +62,21 @@ BF16_FORMS = {
     "bf16-masked": {"mask_free": False},
     "bf16-rope-inline": {"rope_tables": False},
 }
+# A precision's suffix that compiles its package with these Inductor options (export/torch_backend.py
+# DEFAULT_OPTIONS otherwise).
+AUTOTUNE_SUFFIX, AUTOTUNE_OPTIONS = "+autotune", {"max_autotune": True}
+
+
+def split_form(q: str) -> tuple[str, dict]:
+    """'fp8+autotune' -> ('fp8', AUTOTUNE_OPTIONS); 'fp8' -> ('fp8', {})."""
+    if q.endswith(AUTOTUNE_SUFFIX):
+        return q.removesuffix(AUTOTUNE_SUFFIX), dict(AUTOTUNE_OPTIONS)
+    return q, {}
+
+
+def baseline_of(q: str) -> str:
+    """The row a speed row is compared with: bf16 at the same Inductor options."""
+    return "bf16" + (AUTOTUNE_SUFFIX if q.endswith(AUTOTUNE_SUFFIX) else "")
 
 
 class PerBudget(torch.nn.Module):
@@ -189,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = {
             q: variant(model, q, calibration_of(q), dev)
             for q in precisions
-            if q == "bf16" or q not in BF16_FORMS
-        }
+            if (q == "bf16" or q not in BF16_FORMS) and not q.endswith(AUTOTUNE_SUFFIX)
+        }  # the eager forms: Inductor's options do not apply
         doc["fidelity"] = fidelity(model.to(dev), variants, args.seeds, dev)
         doc["fidelity"]["seconds"] = round(time.perf_counter() - start, 1)
         model.cpu()
@@ -200,11 +218,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if "speed" in stages:
         for q in precisions:
+            form, options = split_form(q)
             for batch in batches:
-                if q in BF16_FORMS:
-                    clone = export_model(model, "bf16", **BF16_FORMS[q])
+                if form in BF16_FORMS:
+                    clone = export_model(model, "bf16", **BF16_FORMS[form])
                 else:
-                    clone, _ = quantized_torch_model(model, args.budget, calibration_of(q), "bf16")
+                    clone, _ = quantized_torch_model(
+                        model, args.budget, calibration_of(form), "bf16"
+                    )
                 rows = dit_batch_size(model.config, batch)  # the DiT spec a build would make
                 spec = dit_spec(clone, "bf16", rows, frames, args.budget)
                 module = spec.module.to(dev)
@@ -212,7 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 with torch.no_grad():
                     compile_package(
-                        module, spec.sample_inputs(device=dev), path, device=args.device
+                        module,
+                        spec.sample_inputs(device=dev),
+                        path,
+                        device=args.device,
+                        options=options,
                     )
                 build_s = time.perf_counter() - start
                 inputs = spec.sample_inputs(seed=1, device=dev)
@@ -247,9 +272,9 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.empty_cache()
         by = {(r["precision"], r["batch"]): r for r in doc["speed"]}
         doc["speedup_vs_bf16"] = {
-            f"{q}@{b}": by[("bf16", b)]["median_ms"] / by[(q, b)]["median_ms"]
+            f"{q}@{b}": by[(baseline_of(q), b)]["median_ms"] / by[(q, b)]["median_ms"]
             for (q, b) in by
-            if q != "bf16" and ("bf16", b) in by
+            if q != baseline_of(q) and (baseline_of(q), b) in by
         }  # bf16-masked@B below 1: what removing the mask gained; bf16-rope-inline: the tables
         print(json.dumps(doc["speedup_vs_bf16"]))
         save()
