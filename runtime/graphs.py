@@ -27,22 +27,33 @@ class CapturedChain:
         example_inputs: Sequence[Tensor],
         warmup_runs: int = 2,
     ) -> None:
-        self.static_inputs = [t.clone() for t in example_inputs]
-        self.graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: lazy initialisation, allocator, kernel selection
-            for _ in range(warmup_runs):
-                fn(*self.static_inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        with torch.cuda.graph(self.graph):
-            self.static_outputs = fn(*self.static_inputs)
-        log.info("captured a CUDA graph for inputs %s", [tuple(t.shape) for t in example_inputs])
+        # The inputs' GPU, made current for the capture: torch.cuda.graph captures on a stream of
+        # the *current* device, and a chain on another GPU (a server's instance on cuda:1, in a
+        # process whose current device is cuda:0) would launch its kernels outside the capture,
+        # leaving an empty graph whose replay returns the capture run's outputs for every request.
+        self.device = example_inputs[0].device
+        with torch.cuda.device(self.device):
+            self.static_inputs = [t.clone() for t in example_inputs]
+            self.graph = torch.cuda.CUDAGraph()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up: lazy initialisation, allocator, kernels
+                for _ in range(warmup_runs):
+                    fn(*self.static_inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            with torch.cuda.graph(self.graph):
+                self.static_outputs = fn(*self.static_inputs)
+        log.info(
+            "captured a CUDA graph on %s for inputs %s",
+            self.device,
+            [tuple(t.shape) for t in example_inputs],
+        )
 
     def replay(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """Copy `inputs` into the graph's buffers, replay, and return copies of the outputs."""
-        for buffer, value in zip(self.static_inputs, inputs, strict=True):
-            buffer.copy_(value)
-        self.graph.replay()
-        return tuple(t.clone() for t in self.static_outputs)
+        with torch.cuda.device(self.device):
+            for buffer, value in zip(self.static_inputs, inputs, strict=True):
+                buffer.copy_(value)
+            self.graph.replay()
+            return tuple(t.clone() for t in self.static_outputs)

@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from runtime import Pipeline
 
@@ -48,6 +49,27 @@ def test_cuda_graph_replay_equals_the_uncaptured_chain(gpu_builds, precision: st
     np.testing.assert_array_equal(
         generate(plain, PROMPTS[0], 0, d), uncaptured, err_msg=f"{precision}: uncaptured twice"
     )
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="needs two CUDA GPUs (a server's instance on cuda:1 in a process whose current is cuda:0)",
+)
+def test_a_pipeline_on_the_second_gpu_captures_its_own_chain(gpu_builds) -> None:
+    # torch.cuda.graph captures on the current device's stream; runtime/graphs.py makes the
+    # inputs' GPU current, or the chain on cuda:1 runs outside the capture and every replay
+    # returns the capture run's audio.
+    build = gpu_builds["bf16"]
+    d = build.duration_s
+    assert torch.cuda.current_device() == 0
+    graph = Pipeline(build.folder, backend="torch", device="cuda:1", cuda_graph=True)
+    plain = Pipeline(build.folder, backend="torch", device="cuda:1", cuda_graph=False)
+    first = generate(graph, PROMPTS[0], 0, d)  # capture, first replay
+    other = generate(graph, PROMPTS[1], 1, d)
+    assert graph.bucket(1, duration_s=d).captured
+    assert not np.array_equal(other, first), "the replay on cuda:1 ignored its inputs"
+    np.testing.assert_array_equal(first, generate(plain, PROMPTS[0], 0, d))
+    np.testing.assert_array_equal(other, generate(plain, PROMPTS[1], 1, d))
 
 
 def test_two_threads_generating_at_once_equal_one_at_a_time(gpu_builds) -> None:
