@@ -28,9 +28,10 @@ class CapturedChain:
         warmup_runs: int = 2,
     ) -> None:
         # The inputs' GPU, made current for the capture: torch.cuda.graph captures on a stream of
-        # the *current* device, and a chain on another GPU (a server's instance on cuda:1, in a
-        # process whose current device is cuda:0) would launch its kernels outside the capture,
-        # leaving an empty graph whose replay returns the capture run's outputs for every request.
+        # the current device, so a chain on any other GPU would run outside the capture. Nothing
+        # else in the runtime sets the device; in the H200 round (8f2efd5) loading the packages on
+        # cuda:1 had left cuda:1 current, and f422f57's runtime, without this guard, replayed a
+        # pipeline on cuda:1 bit for bit equal to its uncaptured chain. The guard makes it a rule.
         self.device = example_inputs[0].device
         with torch.cuda.device(self.device):
             self.static_inputs = [t.clone() for t in example_inputs]

@@ -45,6 +45,7 @@ from runtime.bucket import Bucket
 from runtime.catalog import Catalog
 from runtime.engines import Engine, open_engine
 from runtime.hints import rebuild_hint
+from runtime.host_copy import HostStaging
 from runtime.manifest import Artifact, Manifest
 from runtime.packing import Take, check_take, pack, plan
 from runtime.sampling import check_kind, evaluations, num_draws
@@ -84,6 +85,7 @@ class Pipeline:
         self.text_cache_size = text_cache_size
         self._buckets: dict[tuple, Bucket] = {}
         self._lock = threading.RLock()  # shared with the buckets: one call at a time
+        self._host = HostStaging()  # pinned buffers for the audio's copy to the host, per shape
 
     def release_graphs(self) -> int:
         """Drop every captured CUDA graph and its private memory pool; returns how many.
@@ -375,7 +377,8 @@ class Pipeline:
 
     def _run(self, bucket: Bucket, takes: Sequence[Take]) -> np.ndarray:
         """The chain of one bucket on len(takes) == B checked takes: audio (B, C, T) float32 on
-        the host, possibly a view of an engine's buffer that the next call overwrites."""
+        the host, a view of a buffer that the next call overwrites (an engine's output on the
+        CPU, runtime/host_copy.py's pinned buffer on CUDA): copy it before releasing the lock."""
         text, mask = bucket.encode_text([t.prompt for t in takes])
         noise = bucket.noise([t.seed for t in takes])
         bpm_t = torch.tensor([t.bpm for t in takes], dtype=torch.float32, device=self.device)
@@ -391,7 +394,7 @@ class Pipeline:
                     f"{self.device}, {m.artifacts[0].precision}); check the build's precision "
                     f"or rebuild it in fp32 with {fix}"
                 )
-        return audio.to("cpu", torch.float32).numpy()
+        return self._host.to_host(audio)
 
 
 _WARM_UP = Take("warm up", 0)  # the prompt and seed every bucket is warmed up with
