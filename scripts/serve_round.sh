@@ -37,6 +37,11 @@
 #        load1    runtime.serve --gpus 0, benchmarks.serve at each of $CONCURRENCY -> $OUT/load1-c*.json
 #                 (and the server's --timings-log, $OUT/load1-timings.jsonl)
 #        load2    the same on --gpus 0,1                                  -> $OUT/load2-c*.json
+#        probe    scripts/phase_probe.py on GPU 0, batch 1, $PROBE_RUNS runs: which phase of a generate
+#                 carries the ~20 ms slow runs                           -> $OUT/probe.json
+#        dual     benchmarks.latency on GPU 0 alone, then on GPUs 0 and 1 at once (one process each,
+#                 no server), with nvidia-smi sampled every second: do two busy GPUs of this host
+#                 slow each other without Triton?     -> $OUT/dual-{alone,gpu0,gpu1}.json, dual-smi.csv
 #        split2   one runtime.serve per GPU (GPU 0 on ports 8000-8002, GPU 1 on 8010-8012) and, per
 #                 concurrency C >= 2 of $CONCURRENCY, two benchmarks.serve at C/2 at once, one per
 #                 server: is the one Triton process of load2 the two-GPU limit?
@@ -46,7 +51,9 @@
 # PROTOCOL (http or grpc, default http), SHM_MIB (benchmarks.serve --shared-memory-mib, default 11:
 # 32 s of stereo float32 in a shared-memory region per client; 0 puts the audio in the response
 # body), RUNS (bench, default 20), WAIT_S (default 540), SERVE_FLAGS (appended to every
-# runtime.serve of load1, load2 and split2, e.g. --no-gc-freeze to compare against the default).
+# runtime.serve of load1, load2 and split2, e.g. --no-gc-freeze to compare against the default),
+# PROBE_RUNS (probe, default 300). Every load step also samples nvidia-smi (clocks, power,
+# temperature, throttle reasons) every second into $OUT/NAME-smi.csv.
 set -uo pipefail
 # shellcheck disable=SC2086  # SERVE_FLAGS is split into arguments on purpose
 cd "$(dirname "$0")/.."
@@ -60,6 +67,7 @@ PROTOCOL=${PROTOCOL:-http}
 SHM_MIB=${SHM_MIB:-11}
 RUNS=${RUNS:-20}
 WAIT_S=${WAIT_S:-540}
+PROBE_RUNS=${PROBE_RUNS:-300}
 ENGINES=$WORK/presto-ls-bf16
 SITE=$WORK/site
 mkdir -p "$OUT" "$WORK"
@@ -105,17 +113,42 @@ smoke() {
   grep -a -E "ready in|warmed up|rror" "$OUT/smoke-server.log" | grep -v -E "NVML|DCGM" | tail -n 8
   return $status
 }
+smi_log() {  # smi_log FILE: sample every GPU once a second until killed; prints the sampler's pid
+  nvidia-smi --query-gpu=timestamp,index,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active \
+    --format=csv -l 1 > "$1" 2>&1 &
+  echo $!
+}
+probe() {
+  CUDA_VISIBLE_DEVICES=0 python3 scripts/phase_probe.py --engines "$ENGINES" --device cuda \
+    --runs "$PROBE_RUNS" --json "$OUT/probe.json"
+}
+dual() {  # benchmarks.latency alone on GPU 0, then on GPUs 0 and 1 at once
+  local smi status=0 a
+  smi=$(smi_log "$OUT/dual-smi.csv")
+  CUDA_VISIBLE_DEVICES=0 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
+    --backends torch --runs 60 --json "$OUT/dual-alone.json" > "$OUT/dual-alone.log" 2>&1 || status=1
+  CUDA_VISIBLE_DEVICES=0 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
+    --backends torch --runs 60 --json "$OUT/dual-gpu0.json" > "$OUT/dual-gpu0.log" 2>&1 &
+  a=$!
+  CUDA_VISIBLE_DEVICES=1 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
+    --backends torch --runs 60 --json "$OUT/dual-gpu1.json" > "$OUT/dual-gpu1.log" 2>&1 || status=1
+  wait $a || status=1
+  kill "$smi"
+  grep -h -A8 "^stage" "$OUT"/dual-{alone,gpu0,gpu1}.log
+  return $status
+}
 bench() {
   python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
     --backends torch --runs "$RUNS" --json "$OUT/latency.json"
 }
 load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
-  local name=$1 gpus=$2 pid status=0
+  local name=$1 gpus=$2 pid status=0 smi
+  smi=$(smi_log "$OUT/$name-smi.csv")
   python3 -m runtime.serve --engines "$ENGINES" ${SERVE_FLAGS:-} --gpus "$gpus" --timings-log "$OUT/$name-timings.jsonl" \
     > "$OUT/$name-server.log" 2>&1 &
   pid=$!
   python3 -c "from runtime import Client; Client('localhost:8000').wait_ready(600)" || {
-    kill -TERM $pid; wait $pid; return 1
+    kill -TERM $pid; wait $pid; kill "$smi"; return 1
   }
   grep -a "ready in" "$OUT/$name-server.log"
   for c in $CONCURRENCY; do
@@ -125,12 +158,14 @@ load() {  # load NAME GPUS: serve on GPUS, then one load test per concurrency
   done
   kill -TERM $pid
   wait $pid || status=1
+  kill "$smi"
   tail -n 3 "$OUT/$name-server.log"
   return $status
 }
 
 split() {  # split NAME: one server per GPU, the load divided between them
-  local name=$1 pa pb status=0 half
+  local name=$1 pa pb status=0 half smi
+  smi=$(smi_log "$OUT/$name-smi.csv")
   python3 -m runtime.serve --engines "$ENGINES" ${SERVE_FLAGS:-} --gpus 0 --timings-log "$OUT/$name-a-timings.jsonl" \
     > "$OUT/$name-a-server.log" 2>&1 &
   pa=$!
@@ -138,7 +173,7 @@ split() {  # split NAME: one server per GPU, the load divided between them
     --metrics-port 8012 --timings-log "$OUT/$name-b-timings.jsonl" > "$OUT/$name-b-server.log" 2>&1 &
   pb=$!
   python3 -c "from runtime import Client; [Client(u).wait_ready(600) for u in ('localhost:8000', 'localhost:8010')]" || {
-    kill -TERM $pa $pb; wait $pa $pb; return 1
+    kill -TERM $pa $pb; wait $pa $pb; kill "$smi"; return 1
   }
   for c in $CONCURRENCY; do
     [ "$c" -ge 2 ] || continue
@@ -167,6 +202,7 @@ SUM
   kill -TERM $pa $pb
   wait $pa || status=1
   wait $pb || status=1
+  kill "$smi"
   return $status
 }
 
@@ -183,6 +219,8 @@ for step in $STEPS; do
     load1) load load1 0 ;;
     load2) load load2 0,1 ;;
     split2) split split2 ;;
+    probe) probe ;;
+    dual) dual ;;
     *) echo "unknown step $step"; false ;;
   esac
   STATUS[$step]=$?
