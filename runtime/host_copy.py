@@ -2,8 +2,9 @@
 
 A take of 32 s stereo is 11 MiB of float32 and a batch-8 bucket's audio 90 MiB. `tensor.cpu()`
 copies into fresh pageable memory: the driver stages the transfer through its own pinned buffer and
-the new allocation faults in every page. Measured on the two-H200 machine (torch 2.11, 10 copies
-each, alone and with the other GPU copying at once: the same within 10%):
+the new allocation faults in every page. Measured on the two-H200 machine (torch 2.11, means of 10
+copies, alone and with the other GPU copying at once; a second run put the fresh 90 MiB copy at 59
+ms alone and 70-76 ms beside the other GPU's):
 
     size     fresh pageable (.cpu())   reused pageable   reused pinned
     11 MiB          1.4-1.6 ms             0.7-0.9 ms        0.22 ms
