@@ -15,6 +15,7 @@ import torch
 from export.spec import ExportSpec, graph_for
 from presto_common.errors import BackendUnavailable
 from presto_ref.pipeline import Presto
+from runtime.engines import ort_session_options
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ def run_onnx(path: Path, spec: ExportSpec, inputs: tuple[torch.Tensor, ...]) -> 
         raise BackendUnavailable(
             "onnxruntime is not installed; pip install onnxruntime (or onnxruntime-gpu)"
         ) from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
+    options = ort_session_options()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)}
     return session.run([spec.outputs[0].name], feeds)[0]

@@ -56,6 +56,18 @@ def test_runtime_reproduces_the_reference(build: Path, reference) -> None:
     assert rel(audio.samples, ref_audio(reference, ["warm lofi piano"], [3], bpm=100)) < BOUND
 
 
+def test_onnx_runtime_sessions_do_not_spin(build: Path) -> None:
+    # runtime/engines.py: ONNX Runtime's idle threads spinning after each run made the torch ops
+    # between runs wait for the cores (the tiny build's generate: 76-83 ms against 27-28 on 2 cores)
+    pipe = Pipeline(build, backend="onnx", device="cpu")
+    pipe.generate(["spinning"], seeds=[0], bpm=100.0, duration_s=DURATION_S)
+    sessions = [engine.session for engine in pipe._engines.values()]
+    assert sessions, "the generate opened no ONNX Runtime session"
+    for session in sessions:
+        entry = "session.intra_op.allow_spinning"
+        assert session.get_session_options().get_session_config_entry(entry) == "0"
+
+
 def test_batch_mono_width_steps_and_rho(build: Path, reference) -> None:
     pipe = Pipeline(build, backend="auto", device="cpu")
     assert pipe.backend == "onnx"
