@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.environment import host_environment
 from runtime import Pipeline
 from runtime.bucket import Bucket
 from runtime.host_copy import HostStaging
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         doc = {"args": vars(args) | {"engines": str(args.engines), "json": str(args.json)}}
-        doc |= {"device": str(pipe.device), "summary": result, "runs": rows}
+        doc |= {"device": str(pipe.device), "environment": host_environment()}
+        doc |= {"summary": result, "runs": rows}
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.environment import gpu_driver_version, host_environment
 from benchmarks.measure import Timer, time_fn
 from benchmarks.profile import profile_call
 from calibration.calibrate import main as calibrate_main
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict = {
         "args": vars(args) | {"out": str(args.out), "work": str(work)},
         "torch": torch.__version__,
+        # git commit and whether tracked files differ: the code a record was measured with
+        "environment": host_environment() | {"gpu_driver": gpu_driver_version()},
     }
     if dev.type == "cuda":
         doc["gpu"] = torch.cuda.get_device_name()
