@@ -66,25 +66,32 @@ def copies(start_at: float) -> dict:
     """Copies of 11 and 90 MiB of float32 to the host, timed from `start_at`."""
     out = {}
     for mib in (11, 90):
-        n = mib * 2**20 // 4
-        src = torch.randn(n, device="cuda")
-        reused = torch.empty(n)
-        pinned = torch.empty(n, pin_memory=True)
-        array = np.zeros(n, np.float32)
-        for _ in range(2):  # fault in the reused buffers
-            reused.copy_(src)
-            pinned.copy_(src)
-        wait_until(start_at)
-        host = pinned.numpy()
-        out[f"{mib} MiB into a fresh pageable tensor"] = mean_ms(src.cpu, 10)
-        out[f"{mib} MiB into a reused pageable tensor"] = mean_ms(lambda: reused.copy_(src), 10)
-        out[f"{mib} MiB into a reused pinned tensor"] = mean_ms(lambda: pinned.copy_(src), 10)
-        out[f"{mib} MiB pinned -> fresh numpy"] = mean_ms(
-            lambda: np.copyto(np.empty(n, np.float32), host), 10
-        )
-        out[f"{mib} MiB pinned -> reused numpy"] = mean_ms(lambda: np.copyto(array, host), 10)
+        out |= copies_of(mib, start_at)
         start_at = time.time() + 0.5
     return out
+
+
+def copies_of(mib: int, start_at: float) -> dict:
+    """The five copies of `mib` MiB, timed from `start_at`."""
+    n = mib * 2**20 // 4
+    src = torch.randn(n, device="cuda")
+    reused = torch.empty(n)
+    pinned = torch.empty(n, pin_memory=True)
+    array = np.zeros(n, np.float32)
+    for _ in range(2):  # fault in the reused buffers
+        reused.copy_(src)
+        pinned.copy_(src)
+    host = pinned.numpy()
+    wait_until(start_at)
+    return {
+        f"{mib} MiB into a fresh pageable tensor": mean_ms(src.cpu, 10),
+        f"{mib} MiB into a reused pageable tensor": mean_ms(lambda: reused.copy_(src), 10),
+        f"{mib} MiB into a reused pinned tensor": mean_ms(lambda: pinned.copy_(src), 10),
+        f"{mib} MiB pinned -> fresh numpy": mean_ms(
+            lambda: np.copyto(np.empty(n, np.float32), host), 10
+        ),
+        f"{mib} MiB pinned -> reused numpy": mean_ms(lambda: np.copyto(array, host), 10),
+    }
 
 
 def wait_until(instant: float) -> None:
@@ -116,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         at = time.time() + 8  # every worker has imported torch and built its inputs by then
         procs = [
-            subprocess.Popen(
-                [sys.executable, __file__, "--worker", str(g), "--start-at", str(at)]
-            )
+            subprocess.Popen([sys.executable, __file__, "--worker", str(g), "--start-at", str(at)])
             for g in run
         ]
         codes = [proc.wait() for proc in procs]
