@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.environment import host_environment
+from benchmarks.measure import percentile
 from runtime import Pipeline
 from runtime.bucket import Bucket
 from runtime.host_copy import HostStaging
@@ -88,8 +89,8 @@ def probe(pipe: Pipeline, runs: int, warmup: int, batch: int, stereo: bool) -> l
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per phase: p50, p90, max; and the mean over the slowest tenth of runs (by total) against
-    the mean over the rest."""
+    """Per phase: p50, p90 (nearest rank, benchmarks.measure.percentile), max; and the mean over
+    the slowest tenth of runs (by total) against the mean over the rest."""
     names = [*PHASES, "rest", "total"]
     ranked = sorted(rows, key=lambda r: r["total"])
     cut = max(1, len(ranked) // 10)
@@ -97,10 +98,9 @@ def summary(rows: list[dict]) -> dict:
     out = {}
     for name in names:
         values = sorted(r[name] for r in rows)
-        n = len(values)
         out[name] = {
-            "p50": values[n // 2],
-            "p90": values[min(n - 1, int(0.9 * n))],
+            "p50": percentile(values, 0.5),
+            "p90": percentile(values, 0.9),
             "max": values[-1],
             "mean_slowest_tenth": sum(r[name] for r in slow) / len(slow),
             "mean_other_runs": sum(r[name] for r in fast) / len(fast),
