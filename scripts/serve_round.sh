@@ -122,16 +122,17 @@ probe() {
   CUDA_VISIBLE_DEVICES=0 python3 scripts/phase_probe.py --engines "$ENGINES" --device cuda \
     --runs "$PROBE_RUNS" --json "$OUT/probe.json"
 }
+latency_on() {  # latency_on GPU NAME: benchmarks.latency at batch 1 on that GPU -> $OUT/NAME.{json,log}
+  CUDA_VISIBLE_DEVICES=$1 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
+    --no-max-batch --backends torch --runs 60 --json "$OUT/$2.json" > "$OUT/$2.log" 2>&1
+}
 dual() {  # benchmarks.latency alone on GPU 0, then on GPUs 0 and 1 at once
   local smi status=0 a
   smi=$(smi_log "$OUT/dual-smi.csv")
-  CUDA_VISIBLE_DEVICES=0 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
-    --backends torch --runs 60 --json "$OUT/dual-alone.json" > "$OUT/dual-alone.log" 2>&1 || status=1
-  CUDA_VISIBLE_DEVICES=0 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
-    --backends torch --runs 60 --json "$OUT/dual-gpu0.json" > "$OUT/dual-gpu0.log" 2>&1 &
+  latency_on 0 dual-alone || status=1
+  latency_on 0 dual-gpu0 &
   a=$!
-  CUDA_VISIBLE_DEVICES=1 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda --no-max-batch \
-    --backends torch --runs 60 --json "$OUT/dual-gpu1.json" > "$OUT/dual-gpu1.log" 2>&1 || status=1
+  latency_on 1 dual-gpu1 || status=1
   wait $a || status=1
   kill "$smi"
   grep -h -A8 "^stage" "$OUT"/dual-{alone,gpu0,gpu1}.log
