@@ -9,7 +9,8 @@ every so often, which would put a periodic spike into the latency tail. `freeze_
 what exists after start-up into the permanent generation (`gc.freeze`, after one collection so
 no start-up garbage is kept), so later collections walk only what was allocated since: 0.0 ms for
 the same heap. `GCPauses` times the collections that still happen, so that a timings log can tell
-whether a slow execution had one.
+whether a slow execution had one. On the two H200s, frozen, 5 collections ran in 1562 executions
+(0.14 ms in all), and the slow executions of the latency tail had none: the tail is elsewhere.
 """
 
 from __future__ import annotations
