@@ -38,7 +38,14 @@
 #                 (and the server's --timings-log, $OUT/load1-timings.jsonl)
 #        load2    the same on --gpus 0,1                                  -> $OUT/load2-c*.json
 #        probe    scripts/phase_probe.py on GPU 0, batch 1, $PROBE_RUNS runs: which phase of a generate
-#                 carries the ~20 ms slow runs                           -> $OUT/probe.json
+#                 carries the ~20 ms slow runs; then the same uncaptured with --stages (half the
+#                 runs): is the tail in the DiT, the VAE or the stereo model, and is it there
+#                 without the CUDA graph?                      -> $OUT/probe.json, probe-stages.json
+#        dual8    scripts/phase_probe.py at batch 8 ($PROBE8_RUNS runs) on GPU 0 alone, then on GPUs
+#                 0 and 1 at once (one process each, timed runs started at one instant); then both
+#                 again uncaptured with --stages; nvidia-smi sampled throughout: which phase (and
+#                 stage) grows when both GPUs are busy (the server's batch-8 executions went from 390
+#                 to 650 ms)   -> $OUT/dual8{,-stages}-{alone,gpu0,gpu1}.json, dual8-smi.csv
 #        dual     benchmarks.latency on GPU 0 alone, then on GPUs 0 and 1 at once (one process each,
 #                 no server), with nvidia-smi sampled every second: do two busy GPUs of this host
 #                 slow each other without Triton?     -> $OUT/dual-{alone,gpu0,gpu1}.json, dual-smi.csv
@@ -52,7 +59,8 @@
 # 32 s of stereo float32 in a shared-memory region per client; 0 puts the audio in the response
 # body), RUNS (bench, default 20), WAIT_S (default 540), SERVE_FLAGS (appended to every
 # runtime.serve of load1, load2 and split2, e.g. --no-gc-freeze to compare against the default),
-# PROBE_RUNS (probe, default 300). Every load step also samples nvidia-smi (clocks, power,
+# PROBE_RUNS (probe, default 300), PROBE8_RUNS (dual8, default 30), BUILD_FLAGS (appended to the
+# build's export.build, e.g. --no-verify). Every load step also samples nvidia-smi (clocks, power,
 # temperature, throttle reasons) every second into $OUT/NAME-smi.csv.
 set -uo pipefail
 # shellcheck disable=SC2086  # SERVE_FLAGS is split into arguments on purpose
@@ -68,6 +76,7 @@ SHM_MIB=${SHM_MIB:-11}
 RUNS=${RUNS:-20}
 WAIT_S=${WAIT_S:-540}
 PROBE_RUNS=${PROBE_RUNS:-300}
+PROBE8_RUNS=${PROBE8_RUNS:-30}
 ENGINES=$WORK/presto-ls-bf16
 SITE=$WORK/site
 mkdir -p "$OUT" "$WORK"
@@ -84,7 +93,7 @@ install() {
 }
 build() {
   setsid nohup python3 -m export.build --preset presto-ls --backends torch --device cuda \
-    --precision bf16 --batch-sizes "$BATCHES" --out "$ENGINES" > "$WORK/build.log" 2>&1 &
+    --precision bf16 --batch-sizes "$BATCHES" --out "$ENGINES" ${BUILD_FLAGS:-} > "$WORK/build.log" 2>&1 &
   echo $! > "$WORK/build.pid"
   echo "build started in the background (pid $(cat "$WORK/build.pid")), log $WORK/build.log"
 }
@@ -120,22 +129,29 @@ smi_log() {  # smi_log FILE: sample every GPU once a second until killed; prints
 }
 probe() {
   CUDA_VISIBLE_DEVICES=0 python3 scripts/phase_probe.py --engines "$ENGINES" --device cuda \
-    --runs "$PROBE_RUNS" --json "$OUT/probe.json"
+    --runs "$PROBE_RUNS" --json "$OUT/probe.json" &&
+    CUDA_VISIBLE_DEVICES=0 python3 scripts/phase_probe.py --engines "$ENGINES" --device cuda \
+      --stages --runs $((PROBE_RUNS / 2)) --json "$OUT/probe-stages.json"
 }
-latency_on() {  # latency_on GPU NAME: benchmarks.latency at batch 1 on that GPU -> $OUT/NAME.{json,log}
-  CUDA_VISIBLE_DEVICES=$1 python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
-    --no-max-batch --backends torch --runs 60 --json "$OUT/$2.json" > "$OUT/$2.log" 2>&1
+probe8_on() {  # probe8_on GPU NAME [START_AT [FLAGS]]: phase_probe at batch 8 -> $OUT/NAME.{json,log}
+  CUDA_VISIBLE_DEVICES=$1 python3 scripts/phase_probe.py --engines "$ENGINES" --device cuda \
+    --batch 8 --runs "$PROBE8_RUNS" ${3:+--start-at "$3"} ${4:-} --json "$OUT/$2.json" > "$OUT/$2.log" 2>&1
 }
-dual() {  # benchmarks.latency alone on GPU 0, then on GPUs 0 and 1 at once
-  local smi status=0 a
-  smi=$(smi_log "$OUT/dual-smi.csv")
-  latency_on 0 dual-alone || status=1
-  latency_on 0 dual-gpu0 &
-  a=$!
-  latency_on 1 dual-gpu1 || status=1
-  wait $a || status=1
+dual8() {  # phase_probe at batch 8 alone on GPU 0, then on GPUs 0 and 1 from one instant; then the
+  # same uncaptured with --stages
+  local smi status=0 a at flags name
+  smi=$(smi_log "$OUT/dual8-smi.csv")
+  for flags in "" --stages; do
+    name=dual8${flags:+-stages}
+    probe8_on 0 "$name-alone" "" "$flags" || status=1
+    at=$(($(date +%s) + 60))  # both processes have loaded the build and warmed up by then
+    probe8_on 0 "$name-gpu0" "$at" "$flags" &
+    a=$!
+    probe8_on 1 "$name-gpu1" "$at" "$flags" || status=1
+    wait $a || status=1
+    cat "$OUT/$name"-{alone,gpu0,gpu1}.log
+  done
   kill "$smi"
-  grep -h -A8 "^stage" "$OUT"/dual-{alone,gpu0,gpu1}.log
   return $status
 }
 bench() {
@@ -222,6 +238,7 @@ for step in $STEPS; do
     split2) split split2 ;;
     probe) probe ;;
     dual) dual ;;
+    dual8) dual8 ;;
     *) echo "unknown step $step"; false ;;
   esac
   STATUS[$step]=$?

@@ -37,3 +37,27 @@ def test_every_phase_is_timed_and_the_hooks_are_removed(build: Path, tmp_path: P
     after = {name: getattr(cls, m) for name, (cls, m) in probe.PHASES.items()}
     assert after == before and Bucket.run is before["chain"]
     assert HostStaging.to_host is before["to_host"]
+
+
+def test_stages_split_the_chain_and_the_bucket_keeps_its_engines(
+    build: Path, tmp_path: Path
+) -> None:
+    """--stages: the DiT, decoder and mono-to-stereo calls are each timed in every run, and the
+    bucket's engines are its own again afterwards (a wrapper left on it would time every later
+    call of a long-lived pipeline)."""
+    probe = _load()
+    from runtime import Pipeline
+
+    pipe = Pipeline(build, device="cpu", cuda_graph=False)
+    bucket = pipe.bucket(1, pipe.catalog.seconds(pipe.frames_for(None)))
+    engines, sample = (bucket._decoder, bucket._m2s), Bucket._sample
+    rows = probe.probe(pipe, runs=3, warmup=1, batch=1, stereo=True, stages=True)
+    for run in rows:
+        for name in ("text", "noise", "dit", "vae", "stereo", "to_host"):
+            assert run[name] > 0, f"stage {name} was never timed"
+        assert "chain" not in run
+        assert run["dit"] + run["vae"] + run["stereo"] < run["total"]
+    assert (bucket._decoder, bucket._m2s) == engines
+    assert Bucket._sample is sample
+    summary = probe.summary(rows)
+    assert list(summary)[-2:] == ["rest", "total"] and "dit" in summary
