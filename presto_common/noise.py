@@ -43,8 +43,27 @@ def draw_noise(
     return torch.stack(noise).to(device)
 
 
+def fill_draws(seeds: Sequence[int], out: Tensor) -> Tensor:
+    """Write every draw of a request into `out`, a (num_draws, B, *item_shape) float32 CPU tensor
+    (pinned memory, for one copy to the device): out[d] equals the d-th `draw_noise` on
+    `make_generators(seeds)`. Each take's draw is generated in place, in order, so no stacking or
+    temporary tensor is involved: only the generators' own serial work, never a parallel CPU
+    kernel, whose thread team stalls when other processes hold the cores (on the two-H200 machine a
+    batch-8 request's draws took 13 ms alone and 290 ms beside a second GPU's process)."""
+    if out.dim() < 2 or out.shape[1] != len(seeds) or out.dtype != torch.float32:
+        raise InputError(
+            f"out has shape {tuple(out.shape)} and dtype {out.dtype}; expected float32 "
+            f"(num_draws, {len(seeds)}, *item_shape): one row per seed"
+        )
+    generators = make_generators(seeds)
+    for draw in out:
+        for row, g in zip(draw, generators, strict=True):
+            torch.randn(row.shape, generator=g, dtype=torch.float32, out=row)
+    return out
+
+
 def draw_all(seeds: Sequence[int], item_shape: Sequence[int], num_draws: int) -> list[Tensor]:
     """All `num_draws` draws of a request at once: a list of (B, *item_shape) float32 CPU tensors,
     equal to calling `draw_noise` num_draws times on `make_generators(seeds)`."""
-    generators = make_generators(seeds)
-    return [draw_noise(generators, item_shape) for _ in range(num_draws)]
+    out = torch.empty((num_draws, len(seeds), *item_shape), dtype=torch.float32)
+    return list(fill_draws(seeds, out).unbind(0))

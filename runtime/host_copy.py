@@ -1,4 +1,5 @@
-"""Device-to-host copies of generated audio through pinned buffers that are reused per shape.
+"""Copies between the host and the device through pinned buffers that are reused per shape: the
+generated audio down (`HostStaging`), each request's noise up (`PinnedUpload`).
 
 A take of 32 s stereo is 11 MiB of float32 and a batch-8 bucket's audio 90 MiB. `tensor.cpu()`
 copies into fresh pageable memory: the driver stages the transfer through its own pinned buffer and
@@ -19,9 +20,18 @@ as before.
 
 Pinned memory is page-locked host memory: a pipeline keeps one buffer per audio shape it has
 produced (its buckets' (B, C, T)), 11 MiB per take of 32 s stereo, for its lifetime.
+
+The noise of a request (num_draws x (B, C_lat, T_lat), 1.5 MiB per take of 32 s) goes up the same
+way: `PinnedUpload` fills one pinned buffer on the host (`presto_common.noise.fill_draws`) and
+copies it with one asynchronous copy, where `torch.stack(...).to(device)` per draw used a parallel
+CPU kernel and four pageable copies. The two-H200 round timed that phase at a batch-8 request's
+13 ms alone and 290 ms (p50) beside a second GPU's process, and put the batch-1 tail there (p50 2.3
+ms, p90 23 ms), while the chain on the GPU stayed within 2% (`scripts/phase_probe.py`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -63,3 +73,29 @@ class HostStaging:
         count = len(self._buffers)
         self._buffers.clear()
         return count
+
+
+class PinnedUpload:
+    """One pinned host buffer of a fixed shape for uploads to one CUDA device.
+
+    `upload(fill)` waits until the previous upload out of the buffer has run, lets `fill` write the
+    buffer, and returns a new device tensor of its values, copied asynchronously on the device's
+    current stream (work queued after it on that stream sees the values).
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+        if device.type != "cuda":
+            raise ValueError(f"PinnedUpload uploads to a CUDA device, not {device}")
+        self.device = device
+        self._buffer = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        self._copied: torch.cuda.Event | None = None
+
+    def upload(self, fill: Callable[[Tensor], object]) -> Tensor:
+        """fill(buffer) writes the host buffer; -> its values on the device, same shape."""
+        if self._copied is not None:
+            self._copied.synchronize()  # the last copy out of the buffer has read it
+        fill(self._buffer)
+        out = self._buffer.to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record(torch.cuda.current_stream(self.device))
+        return out

@@ -10,11 +10,21 @@ The same workloads run in one process on GPU 0 alone, then in one process per GP
                                 pageable tensor (`.cpu()`), a reused pageable one, a reused pinned one,
                                 and from pinned memory into a fresh or a reused numpy array
 
-    python scripts/two_gpu_probe.py                # on a machine with two GPUs; about 30 s
+    noise <variant> b<B>        the noise of a presto-ls request of B takes (4 draws of (32, 1470)
+                                per take), between simulated chains (the GPU sleeps 280 ms at
+                                batch 8, 42 ms at batch 1, as the real chain takes): p50/p90/max ms
+                                of the draws and their copy to the device, `stack+pageable` (each
+                                draw stacked and copied on its own: the runtime before the fix)
+                                against `pinned` (runtime.host_copy.PinnedUpload with
+                                presto_common.noise.fill_draws)
+
+    python scripts/two_gpu_probe.py                # on a machine with two GPUs; about 60 s
     python scripts/two_gpu_probe.py --gpus 0       # one GPU: only the alone run
+    python scripts/two_gpu_probe.py --workloads noise
 
 On the two-H200 machine (docs/measurements.md, "Two-H200 round") nothing but the fresh pageable
-90 MiB copy changed with the other GPU busy (59 ms alone, 58-76 ms side by side).
+90 MiB copy changed with the other GPU busy (59 ms alone, 58-76 ms side by side); the next round's
+phase probe found the request's noise draws growing from 13 to 290 ms, which `noise` reproduces.
 """
 
 from __future__ import annotations
@@ -28,6 +38,13 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from presto_common.noise import draw_noise, fill_draws, make_generators
+from runtime.host_copy import PinnedUpload
+
+WORKLOADS = ("compute", "copies", "noise")
+NOISE_ITEM = (32, 1470)  # presto-ls at 32 s: C_lat x T_lat
+NOISE_DRAWS = 4  # ping-pong, 4 steps
 
 
 def mean_ms(fn: Callable[[], object], reps: int) -> float:
@@ -94,26 +111,77 @@ def copies_of(mib: int, start_at: float) -> dict:
     }
 
 
+def noise(start_at: float) -> dict:
+    """The two ways of drawing a request's noise and copying it up, between simulated chains."""
+    device = torch.device("cuda")
+    # clock_rate is in kHz: cycles per ms (1980 MHz on the H200 where torch does not report it)
+    cycles_per_ms = getattr(torch.cuda.get_device_properties(device), "clock_rate", 1_980_000)
+    out = {}
+    # Each variant starts in its own slot (s after start_at), the same in every worker.
+    slot = 0.0
+    for batch, chain_ms, runs, slot_s in ((8, 280, 25, 16.0), (1, 42, 120, 10.0)):
+        upload = PinnedUpload((NOISE_DRAWS, batch, *NOISE_ITEM), device)
+
+        def stack_pageable(seeds: list[int]) -> list[torch.Tensor]:
+            generators = make_generators(seeds)
+            return [draw_noise(generators, NOISE_ITEM, device) for _ in range(NOISE_DRAWS)]
+
+        def pinned(seeds: list[int], up: PinnedUpload = upload) -> torch.Tensor:
+            return up.upload(lambda buf: fill_draws(seeds, buf))
+
+        variants = {"stack+pageable": stack_pageable, "pinned": pinned}
+        for name, draw in variants.items():
+            draw(list(range(batch)))  # warm-up
+            wait_until(start_at + slot)
+            slot += slot_s
+            times = []
+            for i in range(runs):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                draw([i * batch + b for b in range(batch)])
+                torch.cuda.synchronize()
+                times.append((time.perf_counter() - start) * 1e3)
+                torch.cuda._sleep(int(chain_ms * cycles_per_ms))  # the chain's GPU time
+            times.sort()
+            out[f"noise {name} b{batch}"] = {
+                "p50": round(times[len(times) // 2], 3),
+                "p90": round(times[int(0.9 * (len(times) - 1))], 3),
+                "max": round(times[-1], 3),
+            }
+    return out
+
+
 def wait_until(instant: float) -> None:
     while time.time() < instant:
         time.sleep(0.001)
 
 
-def worker(gpu: int, start_at: float) -> None:
+def worker(gpu: int, start_at: float, workloads: list[str]) -> None:
     torch.cuda.set_device(gpu)
-    row = {"gpu": gpu, **compute(start_at)}
-    row |= copies(time.time() + 0.5)
+    row = {"gpu": gpu}
+    for name in workloads:
+        row |= globals()[name](start_at)
+        start_at = time.time() + 0.5
     print(json.dumps(row), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gpus", default="0,1", help="GPUs to load together after GPU 0 alone")
+    p.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, of {', '.join(WORKLOADS)} (default: all)",
+    )
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     p.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown or not workloads:
+        p.error(f"--workloads {args.workloads!r}: choose from {', '.join(WORKLOADS)}")
     if args.worker is not None:
-        worker(args.worker, args.start_at)
+        worker(args.worker, args.start_at, workloads)
         return 0
     if not torch.cuda.is_available():
         print("error: no CUDA GPU; run this on the GPU machine", file=sys.stderr)
@@ -123,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         at = time.time() + 8  # every worker has imported torch and built its inputs by then
         procs = [
-            subprocess.Popen([sys.executable, __file__, "--worker", str(g), "--start-at", str(at)])
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", str(g), "--start-at", str(at)]
+                + ["--workloads", ",".join(workloads)]
+            )
             for g in run
         ]
         codes = [proc.wait() for proc in procs]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.host_copy import HostStaging
+from runtime.host_copy import HostStaging, PinnedUpload
 
 pytestmark = pytest.mark.gpu
 
@@ -39,3 +39,18 @@ def test_the_copy_is_complete_when_to_host_returns() -> None:
     for value in (1.0, 2.0, 3.0):
         x.fill_(value)
         assert (staging.to_host(x) == value).all()
+
+
+def test_pinned_upload_equals_the_rule_and_never_overwrites_a_queued_copy() -> None:
+    """PinnedUpload: each upload carries the values its fill wrote, even when the next fill comes
+    while the device is still busy (a long kernel queued ahead of the copy): the refill waits."""
+    from presto_common.noise import draw_all, fill_draws
+
+    upload = PinnedUpload((4, 2, 64, 1470), torch.device("cuda"))
+    outs = []
+    for seeds in ([0, 1], [2, 3], [4, 5]):
+        torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time queued ahead of the copy
+        outs.append((seeds, upload.upload(lambda buf, s=seeds: fill_draws(s, buf))))
+    for seeds, out in outs:
+        expected = torch.stack(draw_all(seeds, (64, 1470), 4))
+        assert torch.equal(out.cpu(), expected)

@@ -26,7 +26,14 @@ from presto_common.errors import (
     PrestoError,
 )
 from presto_common.names import BACKENDS, backend_name, torch_dtype
-from presto_common.noise import SEED_MAX, check_seed, draw_all, draw_noise, make_generators
+from presto_common.noise import (
+    SEED_MAX,
+    check_seed,
+    draw_all,
+    draw_noise,
+    fill_draws,
+    make_generators,
+)
 from presto_common.schedule import budget_for_sigma, karras_sigmas
 from presto_common.tokenizer import encode_bytes
 
@@ -141,3 +148,17 @@ def test_read_json_turns_bad_files_into_one_line(tmp_path, content: bytes, reaso
     assert "\n" not in str(err.value)
     with pytest.raises(ArtifactError, match="^gone$"):
         read_json(tmp_path / "absent.json", ArtifactError, missing="gone", fix="rebuild it")
+
+
+def test_fill_draws_writes_draw_all_into_a_given_buffer() -> None:
+    """fill_draws is the rule draw_all applies (draw_all calls it), written over whatever the buffer
+    held; a buffer of the wrong rows or dtype is refused before any draw."""
+    out = torch.full((3, 2, 3, 4), float("nan"))
+    fill_draws([5, 7], out)
+    generators = make_generators([5, 7])
+    for k in range(3):
+        assert torch.equal(out[k], draw_noise(generators, (3, 4)))
+    with pytest.raises(InputError, match=r"expected float32 \(num_draws, 3, \*item_shape\)"):
+        fill_draws([1, 2, 3], out)
+    with pytest.raises(InputError, match="float64"):
+        fill_draws([1, 2], out.double())
