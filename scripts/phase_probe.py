@@ -1,12 +1,13 @@
 """Where the time of `Pipeline.generate` goes, run by run, and which phase carries the slow runs.
 
-On the H200 about one generate in five takes ~21 ms longer than the median (benchmarks.latency's
-e2e rows, and the server's executions at concurrency 1: 47 against 68 ms), while every stage timed
-alone has a coefficient of variation near 0.01. This times each phase of many generates of one
-bucket: the text encoder (cached per prompt), the noise draw and its copy to the device, the chain
-(`Bucket.run`: input copies, graph replay, output clones), the copy of the audio to the host, and the
-rest (planning, checks, the request's own array). Each phase is bracketed by device synchronisations,
-so the phases do not overlap and their sum is a little above an unprobed generate:
+On the H200 about one generate in five took ~21 ms longer than the median (benchmarks.latency's e2e
+rows, and the server's executions at concurrency 1: 47 against 68 ms), while every stage timed alone
+had a coefficient of variation near 0.01. This probe put that tail, and the two-GPU slowdown, in the
+noise draws (3d9286b; fixed in ff0f0da: runtime/host_copy.py). It times each phase of many generates
+of one bucket: the text encoder (cached per prompt), the noise draw and its copy to the device, the
+chain (`Bucket.run`: input copies, graph replay, output clones), the copy of the audio to the host,
+and the rest (planning, checks, the request's own array). Each phase is bracketed by device
+synchronisations, so the phases do not overlap and their sum is a little above an unprobed generate:
 
     python scripts/phase_probe.py --engines DIR --device cuda --runs 200 --json probe.json
 
