@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from presto_common.errors import InputError
+
 
 class HostStaging:
     """Pinned float32 host buffers, one per shape, for the copies of one device's outputs."""
@@ -85,7 +87,10 @@ class PinnedUpload:
 
     def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
         if device.type != "cuda":
-            raise ValueError(f"PinnedUpload uploads to a CUDA device, not {device}")
+            raise InputError(
+                f"PinnedUpload(device={device}): it uploads to a CUDA device; on the CPU use the "
+                f"tensor itself (no staging)"
+            )
         self.device = device
         self._buffer = torch.empty(shape, dtype=torch.float32, pin_memory=True)
         self._copied: torch.cuda.Event | None = None

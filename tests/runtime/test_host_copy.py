@@ -4,9 +4,11 @@ with no pinned buffer (the CUDA path is tests/gpu/test_host_copy_gpu.py's)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from runtime.host_copy import HostStaging
+from presto_common.errors import InputError
+from runtime.host_copy import HostStaging, PinnedUpload
 
 
 def test_a_float32_cpu_tensor_is_returned_without_a_copy() -> None:
@@ -23,3 +25,11 @@ def test_other_cpu_dtypes_are_converted_to_float32() -> None:
     out = HostStaging().to_host(t)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, t.float().numpy())  # bf16 -> fp32 is exact
+
+
+def test_pinned_upload_refuses_a_cpu_device() -> None:
+    """PinnedUpload stages uploads to a GPU; asked for the CPU it says so before pinning anything."""
+    with pytest.raises(
+        InputError, match=r"PinnedUpload\(device=cpu\): it uploads to a CUDA device"
+    ):
+        PinnedUpload((2, 3), torch.device("cpu"))
