@@ -104,3 +104,21 @@ class PinnedUpload:
         self._copied = torch.cuda.Event()
         self._copied.record(torch.cuda.current_stream(self.device))
         return out
+
+
+def copy_to_pinned(t: Tensor, out: Tensor) -> None:
+    """t (CUDA, any float dtype) -> out, a page-locked float32 host tensor of t's shape, in one
+    asynchronous copy (converted to float32 on the device first); complete when this returns.
+
+    `Pipeline.generate_takes(..., pinned=True)` copies each chunk's audio straight into the
+    request's own pinned array this way, without `HostStaging`'s buffer and the host copy out of it
+    (90 MiB from pinned memory into a fresh array took 20-21 ms on the two-H200 machine; the
+    copy into reused pinned memory 1.72 ms)."""
+    if tuple(t.shape) != tuple(out.shape) or out.dtype != torch.float32 or not out.is_pinned():
+        raise InputError(
+            f"copy_to_pinned: out is {tuple(out.shape)} {out.dtype} "
+            f"(pinned: {out.is_pinned()}); expected a pinned float32 tensor of shape "
+            f"{tuple(t.shape)}"
+        )
+    out.copy_(t.float(), non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()

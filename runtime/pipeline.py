@@ -45,7 +45,7 @@ from runtime.bucket import Bucket
 from runtime.catalog import Catalog
 from runtime.engines import Engine, open_engine
 from runtime.hints import rebuild_hint
-from runtime.host_copy import HostStaging
+from runtime.host_copy import HostStaging, copy_to_pinned
 from runtime.manifest import Artifact, Manifest
 from runtime.packing import Take, check_take, pack, plan
 from runtime.sampling import check_kind, evaluations, num_draws
@@ -292,6 +292,7 @@ class Pipeline:
         rho: float | None = None,
         stereo: bool = True,
         cfg_scale: float | None = None,
+        pinned: bool = False,
     ) -> Audio:
         """Generate N takes of one duration: samples (N, C, T), take n from takes[n].
 
@@ -299,6 +300,11 @@ class Pipeline:
         `runtime.packing.plan`; each equals the take generated alone. duration_s=None takes the
         longest built at any batch; num_steps, rho and cfg_scale (CFG++ lambda in [0, 1],
         dpmpp-2s only) None take the manifest's. Thread-safe (calls are serialised).
+
+        pinned=True (CUDA only; ignored on the CPU): the samples live in page-locked memory from
+        torch's pinned-block cache, and each chunk's audio is copied into them directly, without
+        the copy out of a staging buffer; for callers that copy the audio elsewhere at once (the
+        server). Page-locked memory is the operating system's to spare: do not keep many.
         """
         # 1. Validate every take and the duration before any work.
         if isinstance(takes, (str, Take)) or not takes:
@@ -317,11 +323,20 @@ class Pipeline:
                 for chunk, _ in chunks
             }
             # 3. Run each chunk and keep its real rows (one array: no second copy of the audio).
-            num_samples = frames * self.manifest.hop_length
-            samples = np.empty((len(takes), 2 if stereo else 1, num_samples), dtype=np.float32)
+            shape = (len(takes), 2 if stereo else 1, frames * self.manifest.hop_length)
+            direct = pinned and self.device.type == "cuda"
+            if direct:  # page-locked (torch's cache of pinned blocks): each chunk copied into it
+                host = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+                samples = host.numpy()
+            else:
+                samples = np.empty(shape, dtype=np.float32)
             start = 0
             for chunk, real in chunks:
-                samples[start : start + real] = self._run(buckets[len(chunk)], chunk)[:real]
+                audio = self._run(buckets[len(chunk)], chunk)
+                if direct:
+                    copy_to_pinned(audio[:real], host[start : start + real])
+                else:
+                    samples[start : start + real] = self._host.to_host(audio)[:real]
                 start += real
         return Audio(
             samples=samples,
@@ -370,15 +385,15 @@ class Pipeline:
                 duration_s = self.catalog.seconds(frames)
                 for flag in flags:
                     bucket = self.bucket(batch, duration_s, stereo=bool(flag))
-                    self._run(bucket, (_WARM_UP,) * batch)
+                    self._host.to_host(self._run(bucket, (_WARM_UP,) * batch))
                     runs += 1
         log.info("warmed up %d buckets", runs)
         return runs
 
-    def _run(self, bucket: Bucket, takes: Sequence[Take]) -> np.ndarray:
-        """The chain of one bucket on len(takes) == B checked takes: audio (B, C, T) float32 on
-        the host, a view of a buffer that the next call overwrites (an engine's output on the
-        CPU, runtime/host_copy.py's pinned buffer on CUDA): copy it before releasing the lock."""
+    def _run(self, bucket: Bucket, takes: Sequence[Take]) -> Tensor:
+        """The chain of one bucket on len(takes) == B checked takes: audio (B, C, T) on the
+        pipeline's device, checked finite. On the CPU it may be an engine's output buffer, which
+        the next call overwrites: copy it to the host before releasing the lock."""
         text, mask = bucket.encode_text([t.prompt for t in takes])
         noise = bucket.noise([t.seed for t in takes])
         bpm_t = torch.tensor([t.bpm for t in takes], dtype=torch.float32, device=self.device)
@@ -394,7 +409,7 @@ class Pipeline:
                     f"{self.device}, {m.artifacts[0].precision}); check the build's precision "
                     f"or rebuild it in fp32 with {fix}"
                 )
-        return self._host.to_host(audio)
+        return audio
 
 
 _WARM_UP = Take("warm up", 0)  # the prompt and seed every bucket is warmed up with

@@ -109,8 +109,8 @@ def run_groups(pipe: Pipeline, parsed: list[Parsed | None]) -> dict[int, np.ndar
     for (frames, stereo), members in group_rows(parsed).items():
         takes = [t for i in members for t in parsed[i].takes]
         try:
-            audio = pipe.generate_takes(
-                takes, duration_s=pipe.catalog.seconds(frames), stereo=stereo
+            audio = pipe.generate_takes(  # pinned: Triton copies the responses out at once
+                takes, duration_s=pipe.catalog.seconds(frames), stereo=stereo, pinned=True
             )
         except PrestoError as err:  # e.g. NaN from a build's precision: this group's requests fail
             out.update({i: err for i in members})

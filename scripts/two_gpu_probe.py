@@ -8,7 +8,8 @@ The same workloads run in one process on GPU 0 alone, then in one process per GP
     <size> <copy>               copies of a take's audio (11 MiB: 32 s stereo float32) and of a
                                 batch-8 bucket's (90 MiB) to the host, means of 10: into a fresh
                                 pageable tensor (`.cpu()`), a reused pageable one, a reused pinned one,
-                                and from pinned memory into a fresh or a reused numpy array
+                                and from pinned memory into a fresh or a reused numpy array; and
+                                into a new tensor from torch's pinned-block cache
 
     noise <variant> b<B>        the noise of a presto-ls request of B takes (4 draws of (32, 1470)
                                 per take), between simulated chains (the GPU sleeps 280 ms at
@@ -40,7 +41,7 @@ import numpy as np
 import torch
 
 from presto_common.noise import draw_noise, fill_draws, make_generators
-from runtime.host_copy import PinnedUpload
+from runtime.host_copy import PinnedUpload, copy_to_pinned
 
 WORKLOADS = ("compute", "copies", "noise")
 NOISE_ITEM = (32, 1470)  # presto-ls at 32 s: C_lat x T_lat
@@ -99,6 +100,7 @@ def copies_of(mib: int, start_at: float) -> dict:
         reused.copy_(src)
         pinned.copy_(src)
     host = pinned.numpy()
+    copy_to_pinned(src, torch.empty(n, pin_memory=True))  # the block, into torch's pinned cache
     wait_until(start_at)
     return {
         f"{mib} MiB into a fresh pageable tensor": mean_ms(src.cpu, 10),
@@ -108,6 +110,11 @@ def copies_of(mib: int, start_at: float) -> dict:
             lambda: np.copyto(np.empty(n, np.float32), host), 10
         ),
         f"{mib} MiB pinned -> reused numpy": mean_ms(lambda: np.copyto(array, host), 10),
+        # Pipeline.generate_takes(pinned=True): straight into a new tensor from torch's cache of
+        # pinned blocks (runtime.host_copy.copy_to_pinned)
+        f"{mib} MiB into a new tensor from the pinned cache": mean_ms(
+            lambda: copy_to_pinned(src, torch.empty(n, pin_memory=True)), 10
+        ),
     }
 
 

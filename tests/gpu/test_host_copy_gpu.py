@@ -54,3 +54,19 @@ def test_pinned_upload_equals_the_rule_and_never_overwrites_a_queued_copy() -> N
     for seeds, out in outs:
         expected = torch.stack(draw_all(seeds, (64, 1470), 4))
         assert torch.equal(out.cpu(), expected)
+
+
+def test_copy_to_pinned_equals_cpu_into_slices_and_refuses_pageable() -> None:
+    """copy_to_pinned writes a bf16 or float32 CUDA tensor into a slice of a pinned float32 array,
+    complete on return and equal to `.cpu().float()`; a pageable destination is refused."""
+    from presto_common.errors import InputError
+    from runtime.host_copy import copy_to_pinned
+
+    host = torch.empty(3, 2, 44100, pin_memory=True)
+    a = torch.randn(2, 2, 44100, device="cuda").to(torch.bfloat16)
+    b = torch.randn(1, 2, 44100, device="cuda")
+    copy_to_pinned(a, host[:2])
+    copy_to_pinned(b, host[2:])
+    assert torch.equal(host[:2], a.cpu().float()) and torch.equal(host[2:], b.cpu())
+    with pytest.raises(InputError, match="pinned: False"):
+        copy_to_pinned(b, torch.empty(1, 2, 44100))

@@ -103,3 +103,18 @@ def test_two_threads_generating_at_once_equal_one_at_a_time(gpu_builds) -> None:
     for t, thread in enumerate(jobs):
         for (prompt, seed), got, want in zip(thread, results[t], expected[t]):
             np.testing.assert_array_equal(got, want, err_msg=f"{prompt!r}, seed {seed}")
+
+
+def test_pinned_samples_equal_the_default_copy(gpu_builds) -> None:
+    """generate_takes(pinned=True) copies each chunk's audio straight into page-locked samples:
+    the same values as the default copy through the staging buffer, bit for bit, over two chunks
+    (two takes in the batch-1 bucket)."""
+    from runtime import Take
+
+    build = gpu_builds["bf16"]
+    pipe = Pipeline(build.folder, backend="torch", device="cuda")
+    takes = [Take(PROMPTS[0], 0, BPM), Take(PROMPTS[1], 1, BPM, width=1.5)]
+    default = pipe.generate_takes(takes, duration_s=build.duration_s).samples
+    pinned = pipe.generate_takes(takes, duration_s=build.duration_s, pinned=True).samples
+    assert torch.from_numpy(pinned).is_pinned() and not torch.from_numpy(default).is_pinned()
+    np.testing.assert_array_equal(pinned, default)

@@ -22,6 +22,7 @@ from presto_common.schedule import budget_for_sigma
 from presto_ref.checkpoint import random_model
 from presto_ref.pipeline import Request
 from runtime.generate import main as generate_main
+from runtime.packing import Take
 from runtime.pipeline import Pipeline
 from runtime.schedule import schedule
 
@@ -217,3 +218,13 @@ def test_cli_errors_are_one_line_and_write_nothing(
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and re.search(message, errors[0]), errors
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pinned_is_ignored_on_the_cpu(build: Path) -> None:
+    """pinned=True asks for page-locked samples on CUDA only: on the CPU the same audio comes back
+    in ordinary memory (the server passes it on every device)."""
+    pipe = Pipeline(build, device="cpu")
+    takes = [Take("warm lofi piano", 3), Take("driving techno", 4, bpm=128.0)]
+    np.testing.assert_array_equal(
+        pipe.generate_takes(takes, pinned=True).samples, pipe.generate_takes(takes).samples
+    )
