@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from presto_common.errors import InputError, ShapeError
-from presto_common.noise import fill_draws
+from presto_common.noise import draw_all, fill_draws
 from runtime.engines import Engine
 from runtime.graphs import CapturedChain
 from runtime.host_copy import PinnedUpload
@@ -128,10 +128,10 @@ class Bucket:
             raise ShapeError(
                 f"got {len(seeds)} seeds for a batch-{self.batch} bucket; give one seed per take"
             )
+        if self.device.type != "cuda":
+            return draw_all(seeds, (self.latent_channels, self.frames), self.num_draws)
         shape = (self.num_draws, self.batch, self.latent_channels, self.frames)
         with self._lock:
-            if self.device.type != "cuda":
-                return list(fill_draws(seeds, torch.empty(shape)).unbind(0))
             if self._noise_upload is None:  # a pinned buffer, one copy up (runtime/host_copy.py)
                 self._noise_upload = PinnedUpload(shape, self.device)
             return list(self._noise_upload.upload(lambda buf: fill_draws(seeds, buf)).unbind(0))
