@@ -60,8 +60,7 @@ class HostStaging:
         if buffer is None:
             buffer = torch.empty(shape, dtype=torch.float32, pin_memory=True)
             self._buffers[shape] = buffer
-        buffer.copy_(t, non_blocking=True)
-        torch.cuda.current_stream(t.device).synchronize()
+        copy_to_pinned(t, buffer)
         return buffer.numpy()
 
     @property

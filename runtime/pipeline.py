@@ -385,7 +385,9 @@ class Pipeline:
                 duration_s = self.catalog.seconds(frames)
                 for flag in flags:
                     bucket = self.bucket(batch, duration_s, stereo=bool(flag))
-                    self._host.to_host(self._run(bucket, (_WARM_UP,) * batch))
+                    # The chain alone: a host copy here would pin staging buffers that the
+                    # server, which copies with `pinned=True`, never uses.
+                    self._run(bucket, (_WARM_UP,) * batch)
                     runs += 1
         log.info("warmed up %d buckets", runs)
         return runs
