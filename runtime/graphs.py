@@ -27,11 +27,10 @@ class CapturedChain:
         example_inputs: Sequence[Tensor],
         warmup_runs: int = 2,
     ) -> None:
-        # The inputs' GPU, made current for the capture: torch.cuda.graph captures on a stream of
-        # the current device, so a chain on any other GPU would run outside the capture. Nothing
-        # else in the runtime sets the device; in the H200 round (8f2efd5) loading the packages on
-        # cuda:1 had left cuda:1 current, and f422f57's runtime, without this guard, replayed a
-        # pipeline on cuda:1 bit for bit equal to its uncaptured chain. The guard makes it a rule.
+        # The inputs' GPU, made current for the warm-up and the capture: the streams below are
+        # made on the current device, and a chain on any other GPU would run outside the capture
+        # (an empty graph whose replays return the capture run's outputs). Nothing else in the
+        # runtime leaves another device current (TorchEngine restores it after loading).
         self.device = example_inputs[0].device
         with torch.cuda.device(self.device):
             self.static_inputs = [t.clone() for t in example_inputs]
@@ -43,7 +42,14 @@ class CapturedChain:
                     fn(*self.static_inputs)
             torch.cuda.current_stream().wait_stream(side)
             torch.cuda.synchronize()
-            with torch.cuda.graph(self.graph):
+            # The capture allocates from the graph's private pool, which cannot reuse the blocks
+            # the warm-up left cached: give those back first, or a bucket whose chain needs more
+            # than half the GPU runs out of memory (batch 64 of 32 s stereo on the H200: 84 GB).
+            torch.cuda.empty_cache()
+            # A capture stream on this GPU: torch.cuda.graph's default one is made once per process
+            # on whichever GPU was current then, and a capture for another GPU on it records
+            # nothing (AOTInductor packages fail with "invalid resource handle").
+            with torch.cuda.graph(self.graph, stream=torch.cuda.Stream()):
                 self.static_outputs = fn(*self.static_inputs)
         log.info(
             "captured a CUDA graph on %s for inputs %s",

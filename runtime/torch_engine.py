@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -171,15 +172,19 @@ class TorchEngine:
                 f"(torch._C._aoti.AOTIModelPackageLoader), so {self.path} cannot run here; "
                 f"install torch >= 2.6"
             )
+        # The loader makes the package's GPU current and leaves it so; the guard restores the
+        # caller's, so that loading on cuda:1 does not turn a later "cuda" into cuda:1.
+        guard = torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
         try:
-            self._loader = loader_cls(
-                str(self.path),
-                _MODEL_NAME,
-                run_single_threaded,
-                1,  # one runner: concurrent calls wait for it (see the class docstring)
-                # -1 would mean "the current CUDA device"; be explicit so the engine's device holds.
-                self.device.index if self.device.type == "cuda" else -1,
-            )
+            with guard:
+                self._loader = loader_cls(
+                    str(self.path),
+                    _MODEL_NAME,
+                    run_single_threaded,
+                    1,  # one runner: concurrent calls wait for it (see the class docstring)
+                    # -1 would mean "the current CUDA device"; be explicit so the device holds.
+                    self.device.index if self.device.type == "cuda" else -1,
+                )
         except RuntimeError as err:
             raise ArtifactError(
                 f"{self.path} could not be loaded ({str(err).splitlines()[0]}); it may be from "

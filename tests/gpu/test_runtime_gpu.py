@@ -64,6 +64,7 @@ def test_a_pipeline_on_the_second_gpu_captures_its_own_chain(gpu_builds) -> None
     assert torch.cuda.current_device() == 0
     graph = Pipeline(build.folder, backend="torch", device="cuda:1", cuda_graph=True)
     plain = Pipeline(build.folder, backend="torch", device="cuda:1", cuda_graph=False)
+    assert torch.cuda.current_device() == 0, "loading packages on cuda:1 left it current"
     first = generate(graph, PROMPTS[0], 0, d)  # capture, first replay
     other = generate(graph, PROMPTS[1], 1, d)
     assert graph.bucket(1, duration_s=d).captured
