@@ -40,6 +40,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from benchmarks.measure import percentile
 from presto_common.noise import draw_noise, fill_draws, make_generators
 from runtime.host_copy import PinnedUpload, copy_to_pinned
 
@@ -151,8 +152,8 @@ def noise(start_at: float) -> dict:
                 torch.cuda._sleep(int(chain_ms * cycles_per_ms))  # the chain's GPU time
             times.sort()
             out[f"noise {name} b{batch}"] = {
-                "p50": round(times[len(times) // 2], 3),
-                "p90": round(times[int(0.9 * (len(times) - 1))], 3),
+                "p50": round(percentile(times, 0.5), 3),
+                "p90": round(percentile(times, 0.9), 3),
                 "max": round(times[-1], 3),
             }
     return out
