@@ -14,10 +14,14 @@
 #
 # STEPS (default "tests build bench"; the environment is recorded every time):
 #   tests    python3 -m pytest -q -rs -m "gpu or trt"           -> $OUT/tests.log, tests.xml
-#   build    python3 -m export.build --preset $PRESET ... bf16, batch 1, into $ENGINES
+#   build    python3 -m export.build --preset $PRESET ... bf16, buckets $BATCHES, into $ENGINES
 #   bench    python3 -m benchmarks.latency on $ENGINES, batch 1, torch / torch-nograph / eager-bf16,
 #            --compare $BASELINE (exit 1 on a regression)         -> $OUT/latency.json, latency.log
-#   profile  python3 -m benchmarks.profile on $ENGINES              -> $OUT/profile.json
+#   maxbench python3 -m benchmarks.latency on $ENGINES at batch 1 and the largest built batch that
+#            fits, torch / torch-nograph / eager-bf16 (eager searched up to MAX_BATCH_LIMIT)
+#                                                                   -> $OUT/latency-max.json
+#   profile  python3 -m benchmarks.profile on $ENGINES at each of $PROFILE_BATCHES
+#                                                                   -> $OUT/profile-bB.json
 #   micro    python3 -m benchmarks.microbench (kernel-level)        -> $OUT/microbench.json
 #   reference  python3 -m benchmarks.reference, the eager model in fp32 and bf16
 #                                                                   -> $OUT/reference-{fp32,bf16}.json
@@ -33,7 +37,9 @@
 #            QUANTS, at QBATCHES                                    -> $OUT/qbatch/quant-round.json
 # Other settings: OUT (default gpu-out), SITE (where the wheels are installed; default a new
 # temporary folder; a SITE that already holds them is reused), PRESET (default presto-ls), DEVICE
-# (default cuda), ENGINES (default artifacts/$PRESET-$DEVICE-bf16), QUANTS (default "fp8 int8"),
+# (default cuda), ENGINES (default artifacts/$PRESET-$DEVICE-bf16), BATCHES (build's buckets, default
+# 1; e.g. 1,64 for maxbench), PROFILE_BATCHES (default 1), MAX_BATCH_LIMIT (default 64), QUANTS
+# (default "fp8 int8"),
 # QBATCHES (default 64,128), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
 # RUNS (timed runs of bench, qlatency and qbatch, default 20), PYTEST_ARGS (appended to the tests
 # step's pytest, e.g. "tests/gpu" to run that folder alone), PRESTO_GPU_BUILDS (where tests/gpu
@@ -49,11 +55,14 @@ ENGINES=${ENGINES:-artifacts/$PRESET-$DEVICE-bf16}
 BASELINE=${BASELINE:-benchmarks/baselines/h100-presto-ls-bf16.json}
 RUNS=${RUNS:-20}
 QBATCHES=${QBATCHES:-64,128}
+BATCHES=${BATCHES:-1}
+PROFILE_BATCHES=${PROFILE_BATCHES:-1}
+MAX_BATCH_LIMIT=${MAX_BATCH_LIMIT:-64}
 for step in $STEPS; do
   case $step in
-    tests | build | bench | profile | micro | reference | quant | qreport | qlatency | qbatch) ;;
+    tests | build | bench | maxbench | profile | micro | reference | quant | qreport | qlatency | qbatch) ;;
     *)
-      echo "unknown step '$step' in STEPS; choose from tests build bench profile micro reference quant qreport qlatency qbatch" >&2
+      echo "unknown step '$step' in STEPS; choose from tests build bench maxbench profile micro reference quant qreport qlatency qbatch" >&2
       exit 2 ;;
   esac
 done
@@ -105,6 +114,14 @@ eager_reference() {
       --json "$OUT/reference-$dtype.json" || return 1
   done
 }
+profiles() {  # one benchmarks.profile per batch of PROFILE_BATCHES
+  local b status=0
+  for b in ${PROFILE_BATCHES//,/ }; do
+    python3 -m benchmarks.profile --engines "$ENGINES" --batch "$b" --json "$OUT/profile-b$b.json" ||
+      status=1
+  done
+  return $status
+}
 calibrations() {  # one per precision of QUANTS, kept beside $ENGINES (a second round reuses them)
   for q in $QUANTS; do
     [ -e "$ENGINES-calib-$q/calibration.json" ] && continue
@@ -153,13 +170,17 @@ for step in $STEPS; do
         --junitxml "$OUT/tests.xml" ${PYTEST_ARGS:-} ;;
     build)
       run_step build python3 -m export.build --preset "$PRESET" --backends torch --device "$DEVICE" \
-        --precision bf16 --batch-sizes 1 --out "$ENGINES" ;;
+        --precision bf16 --batch-sizes "$BATCHES" --out "$ENGINES" ;;
     bench)
       run_step bench python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
         --no-max-batch --backends torch,torch-nograph,eager-bf16 --runs "$RUNS" \
         --json "$OUT/latency.json" --compare "$BASELINE" ;;
+    maxbench)
+      run_step maxbench python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
+        --max-batch --max-batch-limit "$MAX_BATCH_LIMIT" --max-batch-runs 5 \
+        --backends torch,torch-nograph,eager-bf16 --runs "$RUNS" --json "$OUT/latency-max.json" ;;
     profile)
-      run_step profile python3 -m benchmarks.profile --engines "$ENGINES" --json "$OUT/profile.json" ;;
+      run_step profile profiles ;;
     micro)
       run_step micro python3 -m benchmarks.microbench --json "$OUT/microbench.json" ;;
     reference)
