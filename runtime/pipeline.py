@@ -6,7 +6,7 @@
     takes = [Take("warm lofi piano", 0, bpm=90), Take("driving techno", 1, bpm=128, width=1.5)]
     audio = pipe.generate_takes(takes, duration_s=32)   # per-take prompt, seed, BPM and width
 
-The chain per request: text encoder (cached per prompt) -> the sampler the manifest names, calling
+The chain per request: text encoder (cached per prompt; runtime/text_encoding.py) -> the sampler the manifest names, calling
 the DiT engine of each noise level's budget (ping-pong: x = sigma_0 z_0; x0 = D(x; sigma_i);
 x = x0 + sigma_{i+1} z_{i+1}; or DPM-Solver++(2S) with CFG++) -> VAE decoder -> mono-to-stereo.
 `Pipeline.bucket` resolves one (batch, frames, schedule, sampler, stereo) bucket and its engines
@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import numbers
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from runtime.manifest import Artifact, Manifest
 from runtime.packing import Take, check_take, pack, plan
 from runtime.sampling import check_kind, evaluations, num_draws
 from runtime.schedule import schedule
+from runtime.text_encoding import TextEncoding
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ class Pipeline:
         text_cache_size: int = 1024,
     ) -> None:
         """text_cache_size: prompts whose text-encoder output is kept (least recently used out)."""
-        if isinstance(text_cache_size, bool) or not isinstance(text_cache_size, int):
-            raise InputError(f"text_cache_size={text_cache_size!r} must be an integer >= 0")
-        if text_cache_size < 0:
-            raise InputError(f"text_cache_size={text_cache_size} must be >= 0 (0: no cache)")
         self.folder = Path(folder)
         self.manifest = Manifest.load(self.folder)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -81,8 +77,7 @@ class Pipeline:
         self.backend = self.catalog.backend
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self._engines: dict[str, Engine] = {}
-        self._text_cache: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()  # LRU
-        self.text_cache_size = text_cache_size
+        self._text = TextEncoding(self.device, text_cache_size, self.cuda_graph)
         self._buckets: dict[tuple, Bucket] = {}
         self._lock = threading.RLock()  # shared with the buckets: one call at a time
         self._host = HostStaging()  # pinned buffers for the audio's copy to the host, per shape
@@ -94,7 +89,8 @@ class Pipeline:
         is most of the GPU. The next `generate` or `Bucket.run` of a bucket captures it again.
         """
         with self._lock:
-            return sum(bucket.release_graph() for bucket in self._buckets.values())
+            text = self._text.release_graph()
+            return text + sum(bucket.release_graph() for bucket in self._buckets.values())
 
     # --- what is built (runtime.catalog) ---
 
@@ -145,29 +141,12 @@ class Pipeline:
 
     def encode_text(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """T5 tokens (B, S, D) and mask (B, S) on the device, cached per prompt (batch-1 engine;
-        the `text_cache_size` prompts used last)."""
+        the `text_cache_size` prompts used last; runtime/text_encoding.py)."""
         ids, mask = encode_bytes(list(prompts), self.manifest.max_tokens)
         art = self._text_artifact(len(prompts))
-        if art.batch != 1:  # no batch-1 encoder: encode the whole batch at once, uncached
-            (tokens,) = self._engine(art)(
-                torch.from_numpy(ids).to(self.device), torch.from_numpy(mask).to(self.device)
-            )
-            return tokens, torch.from_numpy(mask).to(self.device)
         engine = self._engine(art)
-        rows = []
         with self._lock:
-            for i, prompt in enumerate(prompts):
-                row = self._text_cache.get(prompt)
-                if row is None:
-                    row_mask = torch.from_numpy(mask[i : i + 1]).to(self.device)
-                    (tok,) = engine(torch.from_numpy(ids[i : i + 1]).to(self.device), row_mask)
-                    row = (tok.clone(), row_mask)  # an engine may reuse its output buffer
-                    self._text_cache[prompt] = row
-                self._text_cache.move_to_end(prompt)
-                while len(self._text_cache) > self.text_cache_size:
-                    self._text_cache.popitem(last=False)
-                rows.append(row)
-        return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
+            return self._text.encode(prompts, ids, mask, engine, art.batch)
 
     def bucket(
         self,

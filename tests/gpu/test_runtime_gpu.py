@@ -119,3 +119,17 @@ def test_pinned_samples_equal_the_default_copy(gpu_builds) -> None:
     pinned = pipe.generate_takes(takes, duration_s=build.duration_s, pinned=True).samples
     assert torch.from_numpy(pinned).is_pinned() and not torch.from_numpy(default).is_pinned()
     np.testing.assert_array_equal(pinned, default)
+
+
+def test_the_captured_text_encoder_equals_the_uncaptured_one(gpu_builds) -> None:
+    """The batch-1 text encoder in its own CUDA graph (runtime/text_encoding.py): new prompts after
+    the capture give the uncaptured encoder's tokens, bit for bit, and release_graphs drops it."""
+    build = gpu_builds["bf16"]
+    graph = Pipeline(build.folder, backend="torch", device="cuda", cuda_graph=True)
+    plain = Pipeline(build.folder, backend="torch", device="cuda", cuda_graph=False)
+    prompts = [*PROMPTS, "a third prompt, longer than the others, with more bytes in it"]
+    for prompt in prompts:  # the first captures; each later one replays with new inputs
+        got, got_mask = graph.encode_text([prompt])
+        want, want_mask = plain.encode_text([prompt])
+        assert torch.equal(got, want) and torch.equal(got_mask, want_mask), prompt
+    assert graph.release_graphs() == 1 and plain.release_graphs() == 0

@@ -216,9 +216,9 @@ def test_text_cache_is_a_bounded_lru(build: Path) -> None:
     small.encode_text(["b"])
     small.encode_text(["a"])  # a is now the most recent
     small.encode_text(["c"])  # evicts b, the least recently used
-    assert list(small._text_cache) == ["a", "c"]
+    assert small._text.cached_prompts == ["a", "c"]
     tokens, _ = small.encode_text(["b", "c", "a"])  # more prompts than the cache holds
-    assert tokens.shape[0] == 3 and list(small._text_cache) == ["c", "a"]
+    assert tokens.shape[0] == 3 and small._text.cached_prompts == ["c", "a"]
     with pytest.raises(InputError, match="text_cache_size=-1 must be >= 0"):
         Pipeline(build, device="cpu", text_cache_size=-1)
 
