@@ -6,9 +6,10 @@
     takes = [Take("warm lofi piano", 0, bpm=90), Take("driving techno", 1, bpm=128, width=1.5)]
     audio = pipe.generate_takes(takes, duration_s=32)   # per-take prompt, seed, BPM and width
 
-The chain per request: text encoder (cached per prompt; runtime/text_encoding.py) -> the sampler the manifest names, calling
-the DiT engine of each noise level's budget (ping-pong: x = sigma_0 z_0; x0 = D(x; sigma_i);
-x = x0 + sigma_{i+1} z_{i+1}; or DPM-Solver++(2S) with CFG++) -> VAE decoder -> mono-to-stereo.
+The chain per request: text encoder (cached per prompt; runtime/text_encoding.py) -> the sampler
+the manifest names, calling the DiT engine of each noise level's budget (ping-pong:
+x = sigma_0 z_0; x0 = D(x; sigma_i); x = x0 + sigma_{i+1} z_{i+1}; or DPM-Solver++(2S) with
+CFG++) -> VAE decoder -> mono-to-stereo.
 `Pipeline.bucket` resolves one (batch, frames, schedule, sampler, stereo) bucket and its engines
 (`runtime.bucket.Bucket`, whose stages can be run one by one); on CUDA its chain after the text
 encoder is captured once in a CUDA graph and replayed, with the request's noise, text tokens, BPM
