@@ -58,11 +58,15 @@ def test_padded_bf16_attention_equals_the_masked_one_on_cuda():
     assert errors["padded vs fp32"] < 1.5 * errors["masked vs fp32"] + 1e-3, errors
 
 
-def test_rotary_tables_give_the_inline_dit_output_on_cuda():
-    # export/attention.py's tables are made on the CPU at export, the inline form computes cos and
-    # sin on the GPU: the two differ by an ulp or so in fp32 (1e-7 relative), which flips the bf16
-    # rounding of a few q/k elements (2^-8 each). Through the blocks that is a relative L2 of 1e-4
-    # or less; 1e-3 still catches a wrong table (a shifted position or an unrotated pad is O(1)).
+def test_rotary_tables_are_as_close_to_fp32_as_the_inline_form_on_cuda():
+    # export/attention.py's tables are made on the CPU at export, the inline form computes pow, cos
+    # and sin on the GPU: the angles differ by an ulp or so in fp32. The bf16 DiT is chaotic at that
+    # scale: on the CPU, angles scaled by (1 + 2^-23) moved the bf16 `small` DiT's output by a
+    # relative L2 of 5.4e-3 while its error against fp32 went from 9.26e-3 to 9.27e-3; on the H200
+    # tables against inline measured 4.97e-3 (this test's first form asserted 1e-3 there and failed,
+    # 4cfd3d1). So each form is held against the fp32 DiT instead: the tables may not be worse than
+    # the inline form by more than 10% (+1e-3); a wrong table (a shifted position, an unrotated pad)
+    # is O(1).
     from export.spec import dit_spec, export_model, graph_for
     from presto_ref.checkpoint import random_model
 
@@ -70,10 +74,19 @@ def test_rotary_tables_give_the_inline_dit_output_on_cuda():
     model = random_model("small", 0).eval()
     frames = model.config.max_frames
     inputs = [t.to(device) for t in dit_spec(model, "fp32", 2, frames, 0).sample_inputs(seed=3)]
-    out = {}
-    for tables in (False, True):
-        clone = export_model(model, "bf16", rope_tables=tables).to(device)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
         with torch.no_grad():
-            out[tables] = graph_for(clone, "dit", 0)(*inputs)
-    assert torch.isfinite(out[True]).all()
-    assert rel_l2(out[True], out[False]) < 1e-3
+            fp32 = export_model(model, "fp32", rope_tables=False).to(device)
+            ref = graph_for(fp32, "dit", 0)(*inputs)
+            errors = {}
+            for tables in (False, True):
+                clone = export_model(model, "bf16", rope_tables=tables).to(device)
+                out = graph_for(clone, "dit", 0)(*inputs)
+                assert torch.isfinite(out).all()
+                errors["tables" if tables else "inline"] = rel_l2(out, ref)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert errors["tables"] < 2e-2, errors  # bf16 through the blocks: about 1e-2 (CPU: 9.3e-3)
+    assert errors["tables"] <= 1.1 * errors["inline"] + 1e-3, errors
