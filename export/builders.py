@@ -205,6 +205,7 @@ def build_tensorrt(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
 
 def build_torch(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
     from export.conv_layout import CONV2D_INDUCTOR_OPTIONS, conv1d_as_conv2d
+    from export.stft_gemm import stft_as_gemm
     from export.torch_backend import compile_package
 
     device = ctx.plan.device
@@ -214,10 +215,12 @@ def build_torch(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
         module, details["quantized_layers"] = quantized_torch_module(spec, ctx)
         spec = dataclasses.replace(spec, module=module)
     module = spec.module.to(device)
-    # On CUDA, 1-D convolutions run as channels-last 2-D ones (export/conv_layout.py).
-    swap = conv1d_as_conv2d(module) if device.startswith("cuda") else nullcontext(0)
+    # On CUDA, 1-D convolutions run as channels-last 2-D ones (export/conv_layout.py) and the
+    # log-mel STFT as an fp32 GEMM (export/stft_gemm.py).
+    cuda = device.startswith("cuda")
+    swap = conv1d_as_conv2d(module) if cuda else nullcontext(0)
     try:
-        with swap as swapped:
+        with swap as swapped, stft_as_gemm(module) if cuda else nullcontext(0):
             result = compile_package(
                 module,
                 spec.sample_inputs(device=device),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from presto_common.errors import ConfigError
 
-TOOLKIT_VERSION = "0.5.0"
+TOOLKIT_VERSION = "0.6.0"
 
 # text encoder -> DiT (once per layer budget) -> VAE decoder -> mono-to-stereo
 COMPONENTS: tuple[str, ...] = ("text_encoder", "dit", "vae_decoder", "stereo")

@@ -80,3 +80,41 @@ def tiny_model():
     from presto_ref.checkpoint import random_model
 
     return random_model("tiny", seed=0).eval()
+
+
+@pytest.fixture(scope="session")
+def stft_audio():
+    """(frames, hop) -> three takes (3, 1, frames * hop) fp32 on the CPU: uniform noise with a
+    quiet 440 Hz tone, the second take 60 dB down (the STFT tests' input)."""
+    import math
+
+    import torch
+
+    def make(frames: int, hop: int):
+        g = torch.Generator().manual_seed(0)
+        t = torch.arange(frames * hop) / 44100
+        audio = 0.5 * torch.rand(3, 1, frames * hop, generator=g) - 0.25
+        audio = audio + 1e-3 * torch.sin(2 * math.pi * 440 * t)
+        audio[1] *= 1e-3
+        return audio
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def float64_stft_magnitude():
+    """(front, audio) -> MelFrontEnd.magnitude computed in float64 on the CPU, the exact
+    reference for the fp32 STFT forms (tests/export/test_stft_gemm.py and its gpu twin)."""
+    import torch
+    import torch.nn.functional as F
+
+    from presto_ref.stereo import MAGNITUDE_EPS, stft_bases
+
+    def magnitude(front, audio):
+        pad = (front.n_fft - front.hop_length) // 2
+        padded = F.pad(audio.detach().cpu().double(), (pad, pad), mode="reflect")
+        spec = F.conv1d(padded, stft_bases(front.n_fft), stride=front.hop_length)
+        real, imag = spec[:, : front.num_bins], spec[:, front.num_bins :]
+        return torch.sqrt(real**2 + imag**2 + MAGNITUDE_EPS)
+
+    return magnitude
