@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A GPU round longer than one device call (10 minutes at most): started detached, then polled.
+#
+# On the device machine, from the repository root, the first call:
+#   bash scripts/background_round.sh start \
+#     'BATCHES=1,64 BUILD_GPUS=2 PROFILE_BATCHES=1,64 STEPS="build maxbench profile" bash scripts/gpu_round.sh'
+# then, each started within the machine's idle window (30 s) after the last one returned:
+#   bash scripts/background_round.sh poll
+#
+# Every call waits up to WAIT_S seconds (default 530) for the round to end, prints the end of its
+# log, and packs the round's log, exit status and output folder (not its builds) into
+# $OUT/round.tgz, so each call brings back what the round has written so far. The round runs with
+# OUT=$ROUND/out. ROUND (default /tmp/presto-round) is where it keeps its log (log), its process
+# id (pid), its exit status once it has ended (rc) and that output folder (out/). Exits 2 on a
+# usage error or when a round is already running; otherwise 0, whatever the round's status.
+set -u
+ROUND=${ROUND:-/tmp/presto-round}
+WAIT_S=${WAIT_S:-530}
+POLL_S=${POLL_S:-5}
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+case ${1:-} in
+  start)
+    if [ -z "${2:-}" ]; then
+      echo "start needs the round's command line as one argument" >&2
+      usage
+      exit 2
+    fi
+    if [ -e "$ROUND/pid" ] && [ ! -e "$ROUND/rc" ] && kill -0 "$(cat "$ROUND/pid")" 2>/dev/null; then
+      echo "a round is running already (pid $(cat "$ROUND/pid"), log $ROUND/log): poll it" >&2
+      exit 2
+    fi
+    rm -rf "$ROUND" && mkdir -p "$ROUND/out"
+    # $2 is the caller's command line, run as written in a shell of its own.
+    ROUND_CMD=$2 setsid nohup bash -c \
+      'export OUT="$0/out"; bash -c "$ROUND_CMD"; echo $? > "$0/rc.tmp" && mv "$0/rc.tmp" "$0/rc"' \
+      "$ROUND" > "$ROUND/log" 2>&1 < /dev/null &
+    echo $! > "$ROUND/pid"
+    echo "round started (pid $!): $2"
+    ;;
+  poll)
+    if [ ! -d "$ROUND" ]; then
+      echo "no round in $ROUND: start one first" >&2
+      exit 2
+    fi
+    ;;
+  *)
+    usage
+    exit 2
+    ;;
+esac
+end=$((SECONDS + WAIT_S))
+while [ $SECONDS -lt $end ] && [ ! -e "$ROUND/rc" ]; do sleep "$POLL_S"; done
+tail -n "${TAIL:-30}" "$ROUND/log"
+if [ -e "$ROUND/rc" ]; then
+  echo "round ended: exit $(cat "$ROUND/rc")"
+else
+  echo "round still running after this call's ${WAIT_S} s: poll again within the idle window"
+fi
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  tar czf "$OUT/round.tgz" -C "$ROUND" --exclude=pid . && echo "packed into $OUT/round.tgz"
+fi
