@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import export
 from benchmarks.measure import Timer, prepare_profiler, time_fn
 from benchmarks.profile import profile_call
+from presto_common.errors import BackendUnavailable
 
 MATMUL_N = 8192  # the square bf16 matmul that gives this GPU's dense rate (benchmarks.measure)
 TEXT_KEPT = 20  # unmasked text tokens of the attention part's padding mask (a short prompt)
@@ -266,10 +267,80 @@ def convs(b: Bench) -> dict[str, Any]:
     return out
 
 
+# Triton launch settings the snake-conv part tries for the fused unit: (block_t, block_ci, warps,
+# stages); the best is reported beside every one.
+SNAKE_CONV_CONFIGS = ((128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4), (256, 32, 8, 3))
+
+
+def snake_conv(b: Bench) -> dict[str, Any]:
+    """One residual unit of the VAE decoder's last block (C channels, kernel K, each dilation) at
+    --batch takes of the longest duration, bf16 channels-last: Inductor's compiled unit (its Snake,
+    bias and residual passes around cuDNN's convolutions, as the packages run it) against the
+    Triton prototype with Snake in the convolutions (benchmarks/snake_conv.py)."""
+    from benchmarks import snake_conv as sc
+
+    if sc.triton is None:
+        raise BackendUnavailable("the snake-conv part needs Triton (CUDA builds of torch have it)")
+    vae = b.config.vae
+    channels = vae.decoder_width // 2 ** len(vae.decoder_strides)
+    samples = b.config.max_frames * vae.hop_length
+    g = torch.Generator().manual_seed(0)
+    x = (0.5 * torch.randn(b.batch, samples, channels, generator=g)).to(torch.bfloat16).to(b.device)
+    flops = 2 * b.batch * samples * channels * channels * (vae.kernel_size + 1)
+    out: dict[str, Any] = {"channels": channels, "samples": samples, "batch": b.batch}
+    for dilation in vae.dilations:
+        p = sc.unit_weights(channels, vae.kernel_size, torch.bfloat16, b.device, seed=dilation)
+        args = (x, *p[:3], dilation, *p[3:])
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False  # the fp32 reference really in fp32
+        try:
+            with torch.no_grad():
+                exact = sc.snake_unit_reference(x.float(), *[t.float() for t in p[:3]], dilation,
+                                                *[t.float() for t in p[3:]])  # fmt: skip
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+        with torch.no_grad():
+            compiled = torch.compile(sc.snake_unit_reference, dynamic=False)
+            runs = {"inductor": lambda f=compiled, a=args: f(*a)}
+            for bt, bci, warps, stages in SNAKE_CONV_CONFIGS:
+                kw = dict(block_t=bt, block_ci=bci, num_warps=warps, num_stages=stages)
+                runs[f"fused_t{bt}_ci{bci}_w{warps}_s{stages}"] = lambda kw=kw, a=args: (
+                    sc.snake_unit_fused(*a, **kw)
+                )
+            row: dict[str, Any] = {}
+            for name, fn in runs.items():
+                try:
+                    timing = b.time_ms(fn)
+                except Exception as err:  # a launch setting this GPU refuses: say so, try the rest
+                    if name == "inductor":
+                        raise
+                    row[f"{name}_error"] = repr(err)[:300]
+                    print(f"snake unit d={dilation} {name}: {err!r}"[:300], flush=True)
+                    continue
+                row[name] = {**timing, "tflops": flops / timing["median_ms"] / 1e9}
+                row[name]["rel_l2_vs_fp32"] = rel_l2(fn(), exact)
+        fused = [k for k in row if k.startswith("fused") and not k.endswith("_error")]
+        if not fused:
+            raise RuntimeError(f"no fused configuration ran at dilation {dilation}: {row}")
+        best = min(fused, key=lambda k: row[k]["median_ms"])
+        base = row["inductor"]["median_ms"]
+        row["best_fused"], row["speedup"] = best, base / row[best]["median_ms"]
+        out[f"dilation_{dilation}"] = row
+        print(
+            f"snake unit C={channels} T={samples} B={b.batch} d={dilation}: inductor "
+            f"{base:8.3f} ms, fused {row[best]['median_ms']:8.3f} ms ({best}), "
+            f"{row['speedup']:.2f}x; rel L2 vs fp32 {row['inductor']['rel_l2_vs_fp32']:.2e} / "
+            f"{row[best]['rel_l2_vs_fp32']:.2e}",
+            flush=True,
+        )
+    return out
+
+
 PARTS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "gemm": gemm,
     "attention": attention,
     "dit-error": dit_error,
     "dit-profile": dit_profile,
     "convs": convs,
+    "snake-conv": snake_conv,
 }

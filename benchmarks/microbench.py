@@ -20,6 +20,10 @@ Parts (--parts, default all), each timed with benchmarks.measure's timer (CUDA e
   dit-profile  the eager bf16 DiT at budget 0: median time and where its GPU time goes
              (benchmarks.profile's kernel classes)
   convs      the eager bf16 VAE decoder and mono-to-stereo model with cudnn.benchmark off and on
+  snake-conv one residual unit of the VAE decoder's last block (Snake, conv_k,d, Snake, conv_1, +x;
+             bf16 channels-last, each dilation, --batch takes): Inductor's compiled unit (cuDNN
+             convolutions, Snake in passes of its own) against benchmarks/snake_conv.py's Triton
+             prototype with Snake in the convolutions, with TFLOP/s and the error against fp32
 
 The models are presto_ref's with seeded random weights (--init-seed); everything runs at the
 preset's longest duration, gemm and attention at --batch takes (M = B T_lat rows), the rest at 1.
