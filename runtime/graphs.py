@@ -90,10 +90,10 @@ class CapturedChain:
             # the warm-up left cached: give those back first, or a bucket whose chain needs more
             # than half the GPU runs out of memory (batch 64 of 32 s stereo on the H200: 84 GB).
             torch.cuda.empty_cache()
+            ooms = _oom_count(self.device)
             # A capture stream on this GPU: torch.cuda.graph's default one is made once per process
             # on whichever GPU was current then, and a capture for another GPU on it records
             # nothing (AOTInductor packages fail with "invalid resource handle").
-            ooms = _oom_count(self.device)
             try:
                 with torch.cuda.graph(self.graph, stream=torch.cuda.Stream()):
                     self.static_outputs = fn(*self.static_inputs)
