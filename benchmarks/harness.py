@@ -30,7 +30,6 @@ from benchmarks.max_batch import (
     double_then_bisect,
     fits_in_memory,
     largest_fitting,
-    oom_count,
     ran_out_of_memory,
 )
 from benchmarks.measure import (
@@ -43,7 +42,7 @@ from benchmarks.measure import (
     time_fn,
 )
 from presto_common.errors import ArtifactError, InputError, ShapeError
-from runtime import Manifest
+from runtime import Manifest, oom_count
 
 log = logging.getLogger("benchmarks.latency")
 

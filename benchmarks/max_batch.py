@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from benchmarks.measure import free_memory
+from runtime import oom_count
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,6 @@ class BatchSearch:
         if self.timing_out_of_memory:
             out["timing_out_of_memory"] = self.timing_out_of_memory
         return out
-
-
-def oom_count(device: torch.device) -> int:
-    """Out-of-memory events the CUDA caching allocator has counted on `device` (0 on the CPU)."""
-    if device.type != "cuda":
-        return 0
-    return int(torch.cuda.memory_stats(device).get("num_ooms", 0))
 
 
 def ran_out_of_memory(err: BaseException, ooms_before: int, device: torch.device) -> bool:

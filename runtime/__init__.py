@@ -17,6 +17,7 @@ imports `presto_ref`, `export`, `calibration` or `benchmarks` (tests/test_import
 
 from runtime.bucket import Bucket
 from runtime.engines import Engine, backend_available
+from runtime.graphs import oom_count
 from runtime.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
@@ -44,5 +45,6 @@ __all__ = [
     "Take",
     "TensorInfo",
     "backend_available",
+    "oom_count",
     "sha256_file",
 ]

@@ -58,7 +58,14 @@ def allocator_settings() -> str:
     return next((os.environ[n] for n in ALLOC_CONF_VARIABLES if os.environ.get(n)), "")
 
 
-def _oom_count(device: torch.device) -> int:
+def oom_count(device: torch.device) -> int:
+    """Out-of-memory events the CUDA caching allocator has counted on `device` (0 on the CPU).
+
+    AOTInductor packages report an allocation failure inside them as a plain RuntimeError, so a
+    rise in this count is how a caller tells that one ran out of memory (here and in
+    benchmarks.max_batch)."""
+    if device.type != "cuda":
+        return 0
     return int(torch.cuda.memory_stats(device).get("num_ooms", 0))
 
 
@@ -90,7 +97,7 @@ class CapturedChain:
             # the warm-up left cached: give those back first, or a bucket whose chain needs more
             # than half the GPU runs out of memory (batch 64 of 32 s stereo on the H200: 84 GB).
             torch.cuda.empty_cache()
-            ooms = _oom_count(self.device)
+            ooms = oom_count(self.device)
             # A capture stream on this GPU: torch.cuda.graph's default one is made once per process
             # on whichever GPU was current then, and a capture for another GPU on it records
             # nothing (AOTInductor packages fail with "invalid resource handle").
@@ -98,8 +105,7 @@ class CapturedChain:
                 with torch.cuda.graph(self.graph, stream=torch.cuda.Stream()):
                     self.static_outputs = fn(*self.static_inputs)
             except Exception as err:
-                # AOTInductor packages report the allocator's OOM as a RuntimeError: count it.
-                if isinstance(err, torch.OutOfMemoryError) or _oom_count(self.device) > ooms:
+                if isinstance(err, torch.OutOfMemoryError) or oom_count(self.device) > ooms:
                     raise torch.OutOfMemoryError(self._oom_message()) from err
                 raise
         log.info(
