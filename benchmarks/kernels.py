@@ -291,14 +291,7 @@ def snake_conv(b: Bench) -> dict[str, Any]:
     for dilation in vae.dilations:
         p = sc.unit_weights(channels, vae.kernel_size, torch.bfloat16, b.device, seed=dilation)
         args = (x, *p[:3], dilation, *p[3:])
-        tf32 = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False  # the fp32 reference really in fp32
-        try:
-            with torch.no_grad():
-                exact = sc.snake_unit_reference(x.float(), *[t.float() for t in p[:3]], dilation,
-                                                *[t.float() for t in p[3:]])  # fmt: skip
-        finally:
-            torch.backends.cudnn.allow_tf32 = tf32
+        exact = sc.snake_unit_fp32(*args)
         with torch.no_grad():
             compiled = torch.compile(sc.snake_unit_reference, dynamic=False)
             runs = {"inductor": lambda f=compiled, a=args: f(*a)}

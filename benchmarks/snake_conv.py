@@ -56,6 +56,19 @@ def snake_unit_reference(x, alpha1, w1, b1, dilation, alpha2, w2, b2) -> Tensor:
     return x + conv_same(snake(h, alpha2), w2, b2, 1)
 
 
+def snake_unit_fp32(x, alpha1, w1, b1, dilation, alpha2, w2, b2) -> Tensor:
+    """snake_unit_reference with every input in fp32 and TF32 off for cuDNN: the exact reference
+    that the measurements and the gpu test hold both bf16 forms against."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            a1, w1, b1, a2, w2, b2 = (t.float() for t in (alpha1, w1, b1, alpha2, w2, b2))
+            return snake_unit_reference(x.float(), a1, w1, b1, dilation, a2, w2, b2)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 if triton is not None:
 
     @triton.jit
@@ -82,7 +95,9 @@ if triton is not None:
                 s = tl.sin(a * xf)
                 xs = (xf + s * s / (a + 1e-9)).to(xv.dtype)  # Snake(0) = 0: padding stays zero
                 wm = (ci[:, None] < C_IN) & (co[None, :] < C_OUT)
-                wv = tl.load(w_ptr + (k * C_IN + ci[:, None]) * C_OUT + co[None, :], mask=wm, other=0.0)
+                wv = tl.load(
+                    w_ptr + (k * C_IN + ci[:, None]) * C_OUT + co[None, :], mask=wm, other=0.0
+                )
                 if DOT_FP32:  # the interpreter (CPU) mishandles bf16 dots; the values are the same
                     acc += tl.dot(xs.to(tl.float32), wv.to(tl.float32))
                 else:

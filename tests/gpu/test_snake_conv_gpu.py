@@ -26,13 +26,7 @@ def test_the_fused_unit_is_as_close_to_fp32_as_the_reference(dilation: int) -> N
     p = sc.unit_weights(96, 7, torch.bfloat16, "cuda", seed=dilation)
     x = (0.5 * torch.randn(2, 9600, 96, generator=torch.Generator().manual_seed(0))).to("cuda")
     x = x.to(torch.bfloat16)
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        exact = sc.snake_unit_reference(x.float(), *[t.float() for t in p[:3]], dilation,
-                                        *[t.float() for t in p[3:]])  # fmt: skip
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+    exact = sc.snake_unit_fp32(x, *p[:3], dilation, *p[3:])
     reference = sc.snake_unit_reference(x, *p[:3], dilation, *p[3:])
     fused = sc.snake_unit_fused(x, *p[:3], dilation, *p[3:])
     # Both round Snake's output and the first conv's to bf16 at the same points; the fused unit
