@@ -13,9 +13,8 @@ CFG++) -> VAE decoder -> mono-to-stereo.
 `Pipeline.bucket` resolves one (batch, frames, schedule, sampler, stereo) bucket and its engines
 (`runtime.bucket.Bucket`, whose stages can be run one by one); on CUDA its chain after the text
 encoder is captured once in a CUDA graph and replayed, with the request's noise, text tokens, BPM
-and width copied into the graph's input buffers first (a pipeline that captures switches the CUDA
-caching allocator to expandable segments unless the process set its own allocator settings; see
-runtime/graphs.py). Calls are serialised by a lock, so threads may share one pipeline.
+and width copied into the graph's input buffers first (the allocator is asked for expandable
+segments: runtime/graphs.py). Calls are serialised by a lock: threads may share one pipeline.
 
 A request of N takes runs in the batch buckets built at its duration, as `runtime.packing.plan`
 chunks them (fewest rows, then fewest calls; a short last chunk is padded with copies of its last
@@ -79,8 +78,8 @@ class Pipeline:
         self.catalog = Catalog(self.folder, self.manifest, self.device, backend)
         self.backend = self.catalog.backend
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        if self.cuda_graph:  # captures fragment fixed-size segments (runtime/graphs.py)
-            use_expandable_segments()
+        if self.cuda_graph:
+            use_expandable_segments()  # captures fragment fixed-size segments
         self._engines: dict[str, Engine] = {}
         self._text = TextEncoding(self.device, text_cache_size, self.cuda_graph)
         self._buckets: dict[tuple, Bucket] = {}
