@@ -28,7 +28,8 @@ def test_every_part_runs_and_reports(tmp_path: Path) -> None:
     assert report["complete"]
     for part in PARTS:
         assert part in report, report.get(f"{part}_error", f"{part} missing")
-    assert all(row["tflops"] > 0 for row in report["gemm"].values())
+    gemms = {name: row for name, row in report["gemm"].items() if isinstance(row, dict)}
+    assert gemms and all(row["tflops"] > 0 for row in gemms.values()), report["gemm"]
     timed = [row for name, row in report["attention"].items() if "median_ms" in row]
     assert timed, "every SDPA backend refused the attention shape"
     errors = report["dit-error"]["rel_l2_vs_fp32"]
