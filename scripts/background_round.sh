@@ -13,11 +13,29 @@
 # OUT=$ROUND/out. ROUND (default /tmp/presto-round) is where it keeps its log (log), its process
 # id (pid), its exit status once it has ended (rc) and that output folder (out/). Exits 2 on a
 # usage error or when a round is already running; otherwise 0, whatever the round's status.
+#
+# The round runs in $ROUND/src, a copy of this repository made at start (git's files, tracked and
+# untracked-not-ignored, its .git and the carried .whl): each device call sends the working tree
+# again and replaces it, so a round running in the tree itself loses its files at the next poll
+# (at 1295cfc a join started then failed with ENOENT, and every later process with it).
 set -u
 ROUND=${ROUND:-/tmp/presto-round}
 WAIT_S=${WAIT_S:-530}
 POLL_S=${POLL_S:-5}
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+copy_repository() {  # copy_repository DEST: git's files of $REPO, its .git and .whl, into DEST
+  if ! git -C "$REPO" rev-parse --git-dir > /dev/null 2>&1; then
+    tar -C "$REPO" --exclude=./artifacts -cf - . | tar -C "$1" -xf -
+    return
+  fi
+  (
+    cd "$REPO" || exit 1
+    { git ls-files -co --exclude-standard; [ -d .whl ] && find .whl -type f; } |
+      while IFS= read -r f; do [ -f "$f" ] && printf '%s\n' "$f"; done |
+      tar -cf - -T - .git
+  ) | tar -C "$1" -xf -
+}
 case ${1:-} in
   start)
     if [ -z "${2:-}" ]; then
@@ -29,10 +47,11 @@ case ${1:-} in
       echo "a round is running already (pid $(cat "$ROUND/pid"), log $ROUND/log): poll it" >&2
       exit 2
     fi
-    rm -rf "$ROUND" && mkdir -p "$ROUND/out"
-    # $2 is the caller's command line, run as written in a shell of its own.
+    rm -rf "$ROUND" && mkdir -p "$ROUND/out" "$ROUND/src" || exit 1
+    copy_repository "$ROUND/src" || { echo "could not copy the repository into $ROUND/src" >&2; exit 1; }
+    # $2 is the caller's command line, run as written in a shell of its own, in the copy.
     ROUND_CMD=$2 setsid nohup bash -c \
-      'export OUT="$0/out"; bash -c "$ROUND_CMD"; echo $? > "$0/rc.tmp" && mv "$0/rc.tmp" "$0/rc"' \
+      'export OUT="$0/out"; cd "$0/src" && bash -c "$ROUND_CMD"; echo $? > "$0/rc.tmp" && mv "$0/rc.tmp" "$0/rc"' \
       "$ROUND" > "$ROUND/log" 2>&1 < /dev/null &
     echo $! > "$ROUND/pid"
     echo "round started (pid $!): $2"
@@ -58,5 +77,5 @@ else
 fi
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"
-  tar czf "$OUT/round.tgz" -C "$ROUND" --exclude=pid . && echo "packed into $OUT/round.tgz"
+  tar czf "$OUT/round.tgz" -C "$ROUND" --exclude=./pid --exclude=./src . && echo "packed into $OUT/round.tgz"
 fi

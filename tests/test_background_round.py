@@ -48,3 +48,18 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert call(tmp_path, "poll").returncode == 2  # nothing started
     assert call(tmp_path, "start").returncode == 2  # no command line
     assert call(tmp_path, "stop").returncode == 2
+
+
+def test_the_round_runs_in_a_copy_that_the_next_call_cannot_replace(tmp_path: Path) -> None:
+    # The device tool sends the working tree again with every call, replacing it under a round
+    # that runs there; the round therefore runs in $ROUND/src, copied at start.
+    cmd = 'pwd > "$OUT/cwd"; test -f scripts/background_round.sh && git rev-parse HEAD > "$OUT/head"'
+    first = call(tmp_path, "start", cmd, out="o1", wait=20)
+    assert "round ended: exit 0" in first.stdout, first.stdout + first.stderr
+    files = packed(tmp_path, "o1")
+    assert files["./out/cwd"].decode().strip() == str(tmp_path / "round" / "src")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=SCRIPT.parents[1], capture_output=True, text=True
+    ).stdout
+    assert files["./out/head"].decode() == head  # the copy has the repository's .git
+    assert not any(name.startswith("./src") for name in files)  # the copy is not packed
