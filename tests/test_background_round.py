@@ -53,7 +53,9 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_the_round_runs_in_a_copy_that_the_next_call_cannot_replace(tmp_path: Path) -> None:
     # The device tool sends the working tree again with every call, replacing it under a round
     # that runs there; the round therefore runs in $ROUND/src, copied at start.
-    cmd = 'pwd > "$OUT/cwd"; test -f scripts/background_round.sh && git rev-parse HEAD > "$OUT/head"'
+    cmd = (
+        'pwd > "$OUT/cwd"; test -f scripts/background_round.sh && git rev-parse HEAD > "$OUT/head"'
+    )
     first = call(tmp_path, "start", cmd, out="o1", wait=20)
     assert "round ended: exit 0" in first.stdout, first.stdout + first.stderr
     files = packed(tmp_path, "o1")
