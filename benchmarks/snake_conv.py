@@ -17,6 +17,12 @@ It is a measurement, not yet a build rewrite: `snake_unit_reference` is the unit
 compute it, and the `snake-conv` part of benchmarks.microbench times both at the decoder's last
 block's shapes. Correctness is tested with Triton's interpreter on the CPU where Triton is
 installed (tests/benchmarks/test_snake_conv.py) and on CUDA (tests/gpu/test_snake_conv_gpu.py).
+
+Measured on the H200 at 1295cfc (benchmarks/baselines/h200-snake-conv-b1-1295cfc.json): correct
+(2.9e-3 from fp32, Inductor's unit 3.2e-3) but 3.2x slower than Inductor's unit, 4.38 against
+1.37 ms at batch 1 (47 against 151 TFLOP/s), 0.23x-0.28x at batch 8. Each A tile reloads its
+input per tap and recomputes Snake there, and K = 96 per tap keeps tl.dot far from the tensor
+cores' rate; Snake in the epilogue of the convolution that produces x is the form left to try.
 """
 
 from __future__ import annotations
