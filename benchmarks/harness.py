@@ -42,7 +42,7 @@ from benchmarks.measure import (
     time_fn,
 )
 from presto_common.errors import ArtifactError, InputError, ShapeError
-from runtime import Manifest, oom_count
+from runtime import Manifest, allocator_settings, oom_count
 
 log = logging.getLogger("benchmarks.latency")
 
@@ -98,6 +98,9 @@ def time_batch(backend: Backend, batch: int, s: Settings) -> dict[str, Any]:
             "pipeline_peak_mib": e2e["peak_mib"],
             "pipeline_peak_above_start_mib": e2e["peak_above_start_mib"],
             "device_used_mib": device_memory_used_mib(dev),
+            # Process-wide and set by the first capturing pipeline (runtime.graphs), so the rows
+            # timed after a torch row allocate through expandable segments too.
+            "allocator_settings": allocator_settings(),
         }
     return {
         "backend": backend.name,

@@ -17,7 +17,7 @@ imports `presto_ref`, `export`, `calibration` or `benchmarks` (tests/test_import
 
 from runtime.bucket import Bucket
 from runtime.engines import Engine, backend_available
-from runtime.graphs import oom_count
+from runtime.graphs import allocator_settings, oom_count
 from runtime.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
@@ -44,6 +44,7 @@ __all__ = [
     "SamplerDefaults",
     "Take",
     "TensorInfo",
+    "allocator_settings",
     "backend_available",
     "oom_count",
     "sha256_file",
