@@ -18,10 +18,10 @@
 #            BUILD_GPUS=N (N > 1) each bucket of BATCHES is built on its own GPU (0..N-1, in turn)
 #            into $ENGINES-bB, then joined into $ENGINES with --reuse-from (nothing recompiled):
 #            on two H200s buckets 1 and 64 took 412 s where one GPU takes about 735 s
-#   bench    python3 -m benchmarks.latency on $ENGINES, batch 1, torch / torch-nograph / eager-bf16,
+#   bench    python3 -m benchmarks.latency on $ENGINES, batch 1, each of $BACKENDS,
 #            --compare $BASELINE (exit 1 on a regression)         -> $OUT/latency.json, latency.log
 #   maxbench python3 -m benchmarks.latency on $ENGINES at batch 1 and the largest built batch that
-#            fits, torch / torch-nograph / eager-bf16 (eager searched up to MAX_BATCH_LIMIT)
+#            fits, each of $BACKENDS (eager searched up to MAX_BATCH_LIMIT)
 #                                                                   -> $OUT/latency-max.json
 #   profile  python3 -m benchmarks.profile on $ENGINES at each of $PROFILE_BATCHES
 #                                                                   -> $OUT/profile-bB.json
@@ -39,10 +39,11 @@
 #   qbatch   scripts/quant_round.py's speed stage: the budget-0 DiT package, bf16 and each of
 #            QUANTS, at QBATCHES                                    -> $OUT/qbatch/quant-round.json
 # Other settings: BUILD_GPUS (default 1; see build), OUT (default gpu-out), SITE (where the wheels
-# are installed; default a new temporary folder; a SITE that already holds them is reused), PRESET (default presto-ls), DEVICE
-# (default cuda), ENGINES (default artifacts/$PRESET-$DEVICE-bf16), BATCHES (build's buckets, default
-# 1; e.g. 1,64 for maxbench), PROFILE_BATCHES (default 1), MAX_BATCH_LIMIT (default 64), QUANTS
-# (default "fp8 int8"),
+# are installed; default a new temporary folder; a SITE that already holds them is reused), PRESET
+# (default presto-ls), DEVICE (default cuda), ENGINES (default artifacts/$PRESET-$DEVICE-bf16),
+# BATCHES (build's buckets, default 1; e.g. 1,64 for maxbench), BACKENDS (bench's and maxbench's,
+# default every one that runs on a CUDA GPU: torch,torch-nograph,eager-bf16,eager-fp32),
+# PROFILE_BATCHES (default 1), MAX_BATCH_LIMIT (default 64), QUANTS (default "fp8 int8"),
 # QBATCHES (default 64,128), BASELINE (default benchmarks/baselines/h100-presto-ls-bf16.json),
 # RUNS (timed runs of bench, qlatency and qbatch, default 20), PYTEST_ARGS (appended to the tests
 # step's pytest, e.g. "tests/gpu" to run that folder alone), PRESTO_GPU_BUILDS (where tests/gpu
@@ -61,6 +62,7 @@ QBATCHES=${QBATCHES:-64,128}
 BATCHES=${BATCHES:-1}
 PROFILE_BATCHES=${PROFILE_BATCHES:-1}
 MAX_BATCH_LIMIT=${MAX_BATCH_LIMIT:-64}
+BACKENDS=${BACKENDS:-torch,torch-nograph,eager-bf16,eager-fp32}
 for step in $STEPS; do
   case $step in
     tests | build | bench | maxbench | profile | micro | reference | quant | qreport | qlatency | qbatch) ;;
@@ -196,12 +198,12 @@ for step in $STEPS; do
       fi ;;
     bench)
       run_step bench python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
-        --no-max-batch --backends torch,torch-nograph,eager-bf16 --runs "$RUNS" \
+        --no-max-batch --backends "$BACKENDS" --runs "$RUNS" \
         --json "$OUT/latency.json" --compare "$BASELINE" ;;
     maxbench)
       run_step maxbench python3 -m benchmarks.latency --engines "$ENGINES" --device cuda \
         --max-batch --max-batch-limit "$MAX_BATCH_LIMIT" --max-batch-runs 5 \
-        --backends torch,torch-nograph,eager-bf16 --runs "$RUNS" --json "$OUT/latency-max.json" ;;
+        --backends "$BACKENDS" --runs "$RUNS" --json "$OUT/latency-max.json" ;;
     profile)
       run_step profile profiles ;;
     micro)
