@@ -25,6 +25,8 @@
 #                                                                   -> $OUT/latency-max.json
 #   profile  python3 -m benchmarks.profile on $ENGINES at each of $PROFILE_BATCHES
 #                                                                   -> $OUT/profile-bB.json
+#   fidelity python3 -m calibration.report of $ENGINES (torch) against the fp32 reference: x0 per
+#            DiT step and budget, end-to-end SNR of the stereo audio  -> $OUT/fidelity.json
 #   micro    python3 -m benchmarks.microbench (kernel-level)        -> $OUT/microbench.json
 #   reference  python3 -m benchmarks.reference, the eager model in fp32 and bf16
 #                                                                   -> $OUT/reference-{fp32,bf16}.json
@@ -65,9 +67,9 @@ MAX_BATCH_LIMIT=${MAX_BATCH_LIMIT:-64}
 BACKENDS=${BACKENDS:-torch,torch-nograph,eager-bf16,eager-fp32}
 for step in $STEPS; do
   case $step in
-    tests | build | bench | maxbench | profile | micro | reference | quant | qreport | qlatency | qbatch) ;;
+    tests | build | bench | maxbench | profile | fidelity | micro | reference | quant | qreport | qlatency | qbatch) ;;
     *)
-      echo "unknown step '$step' in STEPS; choose from tests build bench maxbench profile micro reference quant qreport qlatency qbatch" >&2
+      echo "unknown step '$step' in STEPS; choose from tests build bench maxbench profile fidelity micro reference quant qreport qlatency qbatch" >&2
       exit 2 ;;
   esac
 done
@@ -206,6 +208,9 @@ for step in $STEPS; do
         --backends "$BACKENDS" --runs "$RUNS" --json "$OUT/latency-max.json" ;;
     profile)
       run_step profile profiles ;;
+    fidelity)
+      run_step fidelity python3 -m calibration.report --engines "$ENGINES" --backend torch \
+        --device "$DEVICE" --json "$OUT/fidelity.json" ;;
     micro)
       run_step micro python3 -m benchmarks.microbench --json "$OUT/microbench.json" ;;
     reference)
