@@ -18,6 +18,8 @@
 # untracked-not-ignored, its .git and the carried .whl): each device call sends the working tree
 # again and replaces it, so a round running in the tree itself loses its files at the next poll
 # (at 1295cfc a join started then failed with ENOENT, and every later process with it).
+# Relative paths (gpu_round.sh's default ENGINES under artifacts/) land in that copy, which the
+# next start removes with $ROUND: give ENGINES an absolute path outside it to keep a build.
 set -u
 ROUND=${ROUND:-/tmp/presto-round}
 WAIT_S=${WAIT_S:-530}
