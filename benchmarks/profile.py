@@ -6,8 +6,12 @@ friends), fused (Inductor's Triton pointwise and reduction kernels, whatever ops
 after), elementwise (ATen's), reduction, copy / layout, other. For each stage: the wall time of the
 call, the sum of kernel times (ms), the number of kernel launches, and time per class, plus the top
 kernels. Kernel time well below wall time means the GPU idles between launches (launch- or
-host-bound); a class's share says which kernels to fix. The stages are run through the runtime's
-public per-stage API (`Pipeline.bucket`), at the build's longest duration for --batch.
+host-bound); a class's share says which kernels to fix. Where it idles is attributed to the host:
+the call's wall interval minus every kernel's interval, split by the profiled op that the calling
+thread was in at the time (`aten::randn` for the noise, `aten::copy_` for a copy to the host, ...;
+time in no op, such as NumPy's copy of the audio into its array, is "outside any op"). The stages
+are run through the runtime's public per-stage API (`Pipeline.bucket`), at the build's longest
+duration for --batch.
 
 examples:
   python -m benchmarks.profile --engines artifacts/presto-ls-bf16 --json profile.json
@@ -87,25 +91,91 @@ def summarize_kernels(events: Iterable[tuple[str, float]], top: int = 8) -> dict
     }
 
 
+# The record_function range around the profiled call: its interval is the call's wall time on the
+# profiler's clock, and its direct children are the host ops the idle time is split among.
+CALL_RANGE = "benchmarks.profile.call"
+OUTSIDE_OPS = "outside any op"
+
+
+def idle_intervals(busy: Iterable[tuple[float, float]], window: tuple[float, float]):
+    """The parts of `window` (start, end) that no `busy` interval covers, in order."""
+    gaps, cursor = [], window[0]
+    for start, end in sorted(busy):
+        if start > cursor:
+            gaps.append((cursor, min(start, window[1])))
+        cursor = max(cursor, end)
+        if cursor >= window[1]:
+            break
+    if cursor < window[1]:
+        gaps.append((cursor, window[1]))
+    return [(a, b) for a, b in gaps if b > a]
+
+
+def attribute_idle(
+    gaps: list[tuple[float, float]], ops: Iterable[tuple[str, float, float]], top: int = 8
+) -> dict[str, Any]:
+    """Split idle `gaps` (µs) among host `ops` (name, start µs, end µs; the call's direct children,
+    which never overlap each other): idle_ms, ms per op name (the `top` largest) and the time in
+    no op."""
+    per_op: dict[str, float] = {}
+    covered = 0.0
+    for name, start, end in ops:
+        us = sum(max(0.0, min(end, b) - max(start, a)) for a, b in gaps)
+        if us > 0:
+            per_op[name] = per_op.get(name, 0.0) + us
+            covered += us
+    idle = sum(b - a for a, b in gaps)
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "idle_ms": idle / 1e3,
+        "gaps": len(gaps),
+        "by_host_op": [{"op": name[:120], "ms": us / 1e3} for name, us in ranked],
+        OUTSIDE_OPS.replace(" ", "_") + "_ms": max(0.0, idle - covered) / 1e3,
+    }
+
+
+def gpu_idle(events: list[Any], top: int = 8) -> dict[str, Any] | None:
+    """attribute_idle for a profile of one call wrapped in CALL_RANGE: the GPU's idle time within
+    the call, by the host op its thread was in; None without the range or without CUDA kernels."""
+    cuda = torch.autograd.DeviceType.CUDA
+    calls = [ev for ev in events if ev.name == CALL_RANGE and ev.device_type != cuda]
+    kernels = [(ev.time_range.start, ev.time_range.end) for ev in events if ev.device_type == cuda]
+    if len(calls) != 1 or not kernels:
+        return None
+    call = calls[0]
+    host = [ev for ev in events if ev.device_type != cuda and ev.thread == call.thread]
+    children = [
+        (ev.name, ev.time_range.start, ev.time_range.end)
+        for ev in host
+        if ev.cpu_parent is not None and ev.cpu_parent.id == call.id
+    ]
+    window = (call.time_range.start, call.time_range.end)
+    return attribute_idle(idle_intervals(kernels, window), children, top)
+
+
 def profile_call(fn: Callable[[], Any], warmup: int = 2, top: int = 8) -> dict[str, Any]:
-    """Run fn `warmup` times, then once under the CUDA profiler: summarize_kernels plus wall_ms."""
-    from torch.profiler import ProfilerActivity, profile
+    """Run fn `warmup` times, then once under the CUDA profiler: summarize_kernels, wall_ms and
+    gpu_idle (where the GPU waited on the host during the call)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
+        with record_function(CALL_RANGE):
+            fn()
+            torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - start) * 1e3
+    events = list(prof.events())
     kernels = [
         (ev.name, ev.device_time / 1e3)
-        for ev in prof.events()
+        for ev in events
         if ev.device_type == torch.autograd.DeviceType.CUDA
     ]
     summary = summarize_kernels(kernels, top)
     summary["wall_ms"] = wall_ms  # includes the profiler's own overhead: compare shares, not times
+    summary["gpu_idle"] = gpu_idle(events, top)
     return summary
 
 
@@ -152,6 +222,13 @@ def format_profile(name: str, s: dict[str, Any]) -> str:
     lines += [
         f"    {t['ms']:8.3f} ms {t['count']:4d}x [{t['class']}] {t['kernel']}" for t in s["top"]
     ]
+    idle = s.get("gpu_idle")
+    if idle:
+        parts = [f"{o['op']} {o['ms']:.2f}" for o in idle["by_host_op"]]
+        parts.append(f"{OUTSIDE_OPS} {idle['outside_any_op_ms']:.2f}")
+        lines.append(
+            f"    GPU idle {idle['idle_ms']:.2f} ms in {idle['gaps']} gaps: " + ", ".join(parts)
+        )
     return "\n".join(lines)
 
 

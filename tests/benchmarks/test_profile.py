@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.profile import classify, stage_calls, summarize_kernels
 
@@ -58,3 +59,56 @@ def test_stage_calls_run_through_the_bucket_api(build: Path) -> None:
     assert shapes["e2e_stereo"].samples.shape == (2, 2, 11 * 960)
     assert tuple(shapes["stereo"].shape) == (2, 2, 11 * 960)
     assert tuple(shapes[dits[0]].shape) == (2, pipe.manifest.latent_channels, 11)
+
+
+def test_idle_intervals_are_the_window_minus_the_busy_ones() -> None:
+    from benchmarks.profile import idle_intervals
+
+    busy = [(30, 40), (10, 20), (15, 25), (90, 120)]  # unsorted, overlapping, one past the end
+    assert idle_intervals(busy, (0, 100)) == [(0, 10), (25, 30), (40, 90)]
+    assert idle_intervals([], (5, 9)) == [(5, 9)]
+    assert idle_intervals([(0, 100)], (10, 20)) == []
+
+
+def test_idle_time_is_split_among_the_host_ops_and_the_rest() -> None:
+    from benchmarks.profile import attribute_idle
+
+    gaps = [(0, 10_000), (20_000, 30_000)]  # µs: 20 ms idle
+    ops = [("aten::randn", 0, 6_000), ("aten::copy_", 8_000, 22_000), ("aten::mm", 12_000, 18_000)]
+    got = attribute_idle(gaps, ops)
+    assert got["idle_ms"] == 20 and got["gaps"] == 2
+    # randn 6 ms; copy_ 2 ms before the kernels and 2 ms after; mm ran while the GPU was busy
+    assert got["by_host_op"] == [{"op": "aten::randn", "ms": 6}, {"op": "aten::copy_", "ms": 4}]
+    assert got["outside_any_op_ms"] == 10
+
+
+def test_gpu_idle_reads_a_profile_of_one_call() -> None:
+    from types import SimpleNamespace as NS
+
+    from benchmarks.profile import CALL_RANGE, gpu_idle
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def ev(name, start, end, device=cpu, parent=None, thread=1, id_=0):
+        return NS(
+            name=name, time_range=NS(start=start, end=end), device_type=device,
+            cpu_parent=parent, thread=thread, id=id_,
+        )  # fmt: skip
+
+    call = ev(CALL_RANGE, 0, 100, id_=1)
+    events = [
+        call,
+        ev("aten::randn", 0, 20, parent=call, id_=2),
+        ev("aten::normal_", 1, 19, parent=NS(id=2), id_=3),  # a grandchild: not counted again
+        ev("aten::copy_", 80, 100, parent=call, id_=4),
+        ev("aten::randn", 0, 50, parent=NS(id=9), thread=2, id_=5),  # another thread's op
+        ev("gemm_kernel", 30, 70, device=cuda),
+    ]
+    got = gpu_idle(events)
+    assert got["idle_ms"] == 60e-3 and got["gaps"] == 2
+    assert got["by_host_op"] == [
+        {"op": "aten::randn", "ms": 20e-3},
+        {"op": "aten::copy_", "ms": 20e-3},
+    ]
+    assert abs(got["outside_any_op_ms"] - 20e-3) < 1e-12
+    assert gpu_idle([e for e in events if e.device_type == cpu]) is None  # no kernels: no GPU
