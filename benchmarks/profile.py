@@ -94,7 +94,6 @@ def summarize_kernels(events: Iterable[tuple[str, float]], top: int = 8) -> dict
 # The record_function range around the profiled call: its interval is the call's wall time on the
 # profiler's clock, and its direct children are the host ops the idle time is split among.
 CALL_RANGE = "benchmarks.profile.call"
-OUTSIDE_OPS = "outside any op"
 
 
 def idle_intervals(busy: Iterable[tuple[float, float]], window: tuple[float, float]):
@@ -130,7 +129,7 @@ def attribute_idle(
         "idle_ms": idle / 1e3,
         "gaps": len(gaps),
         "by_host_op": [{"op": name[:120], "ms": us / 1e3} for name, us in ranked],
-        OUTSIDE_OPS.replace(" ", "_") + "_ms": max(0.0, idle - covered) / 1e3,
+        "outside_any_op_ms": max(0.0, idle - covered) / 1e3,
     }
 
 
@@ -225,7 +224,7 @@ def format_profile(name: str, s: dict[str, Any]) -> str:
     idle = s.get("gpu_idle")
     if idle:
         parts = [f"{o['op']} {o['ms']:.2f}" for o in idle["by_host_op"]]
-        parts.append(f"{OUTSIDE_OPS} {idle['outside_any_op_ms']:.2f}")
+        parts.append(f"outside any op {idle['outside_any_op_ms']:.2f}")
         lines.append(
             f"    GPU idle {idle['idle_ms']:.2f} ms in {idle['gaps']} gaps: " + ", ".join(parts)
         )
