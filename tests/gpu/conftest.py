@@ -100,3 +100,15 @@ def gpu_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Build]:
     kept = os.environ.get("PRESTO_GPU_BUILDS")
     root = Path(kept) if kept else tmp_path_factory.mktemp("gpu_builds")
     return build_all(root)
+
+
+@pytest.fixture
+def fp32_only():
+    """TF32 off for matmuls and cuDNN during the test (restored after): the fp32 references of the
+    parity tests are exact fp32, not TF32."""
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -58,7 +58,7 @@ def test_padded_bf16_attention_equals_the_masked_one_on_cuda():
     assert errors["padded vs fp32"] < 1.5 * errors["masked vs fp32"] + 1e-3, errors
 
 
-def test_rotary_tables_are_as_close_to_fp32_as_the_inline_form_on_cuda():
+def test_rotary_tables_are_as_close_to_fp32_as_the_inline_form_on_cuda(fp32_only):
     # export/attention.py's tables are made on the CPU at export, the inline form computes pow, cos
     # and sin on the GPU: the angles differ by an ulp or so in fp32. The bf16 DiT is chaotic at that
     # scale: on the CPU, angles scaled by (1 + 2^-23) moved the bf16 `small` DiT's output by a
@@ -74,19 +74,14 @@ def test_rotary_tables_are_as_close_to_fp32_as_the_inline_form_on_cuda():
     model = random_model("small", 0).eval()
     frames = model.config.max_frames
     inputs = [t.to(device) for t in dit_spec(model, "fp32", 2, frames, 0).sample_inputs(seed=3)]
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            fp32 = export_model(model, "fp32", rope_tables=False).to(device)
-            ref = graph_for(fp32, "dit", 0)(*inputs)
-            errors = {}
-            for tables in (False, True):
-                clone = export_model(model, "bf16", rope_tables=tables).to(device)
-                out = graph_for(clone, "dit", 0)(*inputs)
-                assert torch.isfinite(out).all()
-                errors["tables" if tables else "inline"] = rel_l2(out, ref)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    with torch.no_grad():  # TF32 off (fp32_only): the reference is exact fp32
+        fp32 = export_model(model, "fp32", rope_tables=False).to(device)
+        ref = graph_for(fp32, "dit", 0)(*inputs)
+        errors = {}
+        for tables in (False, True):
+            clone = export_model(model, "bf16", rope_tables=tables).to(device)
+            out = graph_for(clone, "dit", 0)(*inputs)
+            assert torch.isfinite(out).all()
+            errors["tables" if tables else "inline"] = rel_l2(out, ref)
     assert errors["tables"] < 2e-2, errors  # bf16 through the blocks: about 1e-2 (CPU: 9.3e-3)
     assert errors["tables"] <= 1.1 * errors["inline"] + 1e-3, errors

@@ -27,14 +27,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def fp32_only():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def test_the_gemm_is_the_conv_on_cuda(fp32_only, stft_audio, float64_stft_magnitude) -> None:
     front = MelFrontEnd(StereoConfig(), 44100)
     audio = stft_audio(184, 240)
