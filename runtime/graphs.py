@@ -42,12 +42,18 @@ def use_expandable_segments() -> bool:
         return False
     if EXPANDABLE_SEGMENTS in allocator_settings():  # switched already
         return False
+    set_allocator_settings(EXPANDABLE_SEGMENTS)
+    log.info("CUDA caching allocator: %s (captures fragment without it)", EXPANDABLE_SEGMENTS)
+    return True
+
+
+def set_allocator_settings(settings: str) -> None:
+    """Hand `settings` ("key:value,...") to the caching allocator, as the environment variable would
+    at start-up; segments it made already keep their kind."""
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch >= 2.9
     if setter is None:
         setter = torch.cuda.memory._set_allocator_settings
-    setter(EXPANDABLE_SEGMENTS)
-    log.info("CUDA caching allocator: %s (captures fragment without it)", EXPANDABLE_SEGMENTS)
-    return True
+    setter(settings)
 
 
 def allocator_settings() -> str:

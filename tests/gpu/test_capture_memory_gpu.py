@@ -21,6 +21,7 @@ from runtime.graphs import (
     EXPANDABLE_SEGMENTS,
     CapturedChain,
     allocator_settings,
+    set_allocator_settings,
     use_expandable_segments,
 )
 
@@ -53,8 +54,7 @@ def test_the_switch_reaches_the_cuda_allocator() -> None:
         del after
     finally:
         torch.cuda.empty_cache()
-        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
-        (setter or torch.cuda.memory._set_allocator_settings)("expandable_segments:False")
+        set_allocator_settings("expandable_segments:False")
 
 
 def larger_than_the_gpu_inside_a_capture(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
