@@ -96,6 +96,15 @@ def summarize_kernels(events: Iterable[tuple[str, float]], top: int = 8) -> dict
 CALL_RANGE = "benchmarks.profile.call"
 
 
+def device_events(events: Iterable[Any]) -> list[Any]:
+    """The profile's GPU-side events: kernels, copies and fills. The CUDA profiler mirrors every
+    record_function range onto the GPU timeline as a device event spanning the kernels under it;
+    CALL_RANGE's mirror is dropped here (counted as a kernel it inflated kernel_ms by the call's
+    GPU span and hid every gap from gpu_idle: the 7683c7a round's profiles)."""
+    cuda = torch.autograd.DeviceType.CUDA
+    return [ev for ev in events if ev.device_type == cuda and ev.name != CALL_RANGE]
+
+
 def idle_intervals(busy: Iterable[tuple[float, float]], window: tuple[float, float]):
     """The parts of `window` (start, end) that no `busy` interval covers, in order."""
     gaps, cursor = [], window[0]
@@ -138,7 +147,7 @@ def gpu_idle(events: list[Any], top: int = 8) -> dict[str, Any] | None:
     the call, by the host op its thread was in; None without the range or without CUDA kernels."""
     cuda = torch.autograd.DeviceType.CUDA
     calls = [ev for ev in events if ev.name == CALL_RANGE and ev.device_type != cuda]
-    kernels = [(ev.time_range.start, ev.time_range.end) for ev in events if ev.device_type == cuda]
+    kernels = [(ev.time_range.start, ev.time_range.end) for ev in device_events(events)]
     if len(calls) != 1 or not kernels:
         return None
     call = calls[0]
@@ -167,12 +176,9 @@ def profile_call(fn: Callable[[], Any], warmup: int = 2, top: int = 8) -> dict[s
             torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - start) * 1e3
     events = list(prof.events())
-    kernels = [
-        (ev.name, ev.device_time / 1e3)
-        for ev in events
-        if ev.device_type == torch.autograd.DeviceType.CUDA
-    ]
-    summary = summarize_kernels(kernels, top)
+    summary = summarize_kernels(
+        [(ev.name, ev.device_time / 1e3) for ev in device_events(events)], top
+    )
     summary["wall_ms"] = wall_ms  # includes the profiler's own overhead: compare shares, not times
     summary["gpu_idle"] = gpu_idle(events, top)
     return summary

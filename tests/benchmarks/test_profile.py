@@ -103,6 +103,9 @@ def test_gpu_idle_reads_a_profile_of_one_call() -> None:
         ev("aten::copy_", 80, 100, parent=call, id_=4),
         ev("aten::randn", 0, 50, parent=NS(id=9), thread=2, id_=5),  # another thread's op
         ev("gemm_kernel", 30, 70, device=cuda),
+        ev(
+            CALL_RANGE, 5, 95, device=cuda
+        ),  # its mirror on the GPU timeline: no kernel, no busy time
     ]
     got = gpu_idle(events)
     assert got["idle_ms"] == 60e-3 and got["gaps"] == 2
@@ -112,3 +115,20 @@ def test_gpu_idle_reads_a_profile_of_one_call() -> None:
     ]
     assert abs(got["outside_any_op_ms"] - 20e-3) < 1e-12
     assert gpu_idle([e for e in events if e.device_type == cpu]) is None  # no kernels: no GPU
+
+
+def test_the_call_range_mirror_is_not_a_kernel() -> None:
+    """The CUDA profiler mirrors CALL_RANGE onto the GPU timeline; the 7683c7a round's profiles
+    counted it as a kernel (1.41 ms of 'other' in the batch-1 text encoder)."""
+    from types import SimpleNamespace as NS
+
+    from benchmarks.profile import CALL_RANGE, device_events
+
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    events = [
+        NS(name=CALL_RANGE, device_type=cpu),
+        NS(name=CALL_RANGE, device_type=cuda),
+        NS(name="nvjet_a", device_type=cuda),
+        NS(name="aten::mm", device_type=cpu),
+    ]
+    assert [e.name for e in device_events(events)] == ["nvjet_a"]
