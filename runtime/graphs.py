@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 EXPANDABLE_SEGMENTS = "expandable_segments:True"
 # The caching allocator's settings variables, current name first (torch reads both).
 ALLOC_CONF_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+_handed = ""  # what set_allocator_settings last handed to the allocator, process-wide
 
 
 def use_expandable_segments() -> bool:
@@ -50,18 +51,25 @@ def use_expandable_segments() -> bool:
 def set_allocator_settings(settings: str) -> None:
     """Hand `settings` ("key:value,...") to the caching allocator, as the environment variable would
     at start-up; segments it made already keep their kind."""
+    global _handed
     setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)  # torch >= 2.9
     if setter is None:
         setter = torch.cuda.memory._set_allocator_settings
     setter(settings)
+    _handed = settings
 
 
 def allocator_settings() -> str:
-    """The caching allocator's settings as torch last parsed them ('' for the defaults)."""
+    """The caching allocator's settings ('' for the defaults): what torch reports, else what
+    set_allocator_settings handed it, else the environment's.
+
+    torch 2.11's CUDA build reported '' after the setter had switched the allocator (the 7683c7a
+    round on the H200 logged the switch once per pipeline and recorded '' in every row), so the
+    runtime keeps its own record of what it handed over."""
     getter = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
-    if getter is not None:
-        return getter()
-    return next((os.environ[n] for n in ALLOC_CONF_VARIABLES if os.environ.get(n)), "")
+    reported = getter() if getter is not None else ""
+    env = next((os.environ[n] for n in ALLOC_CONF_VARIABLES if os.environ.get(n)), "")
+    return reported or _handed or env
 
 
 def oom_count(device: torch.device) -> int:

@@ -34,6 +34,7 @@ def allocator(monkeypatch: pytest.MonkeyPatch) -> FakeAllocator:
     fake = FakeAllocator()
     monkeypatch.setattr(torch._C, "_accelerator_setAllocatorSettings", fake.set, raising=False)
     monkeypatch.setattr(torch._C, "_accelerator_getAllocatorSettings", fake.get, raising=False)
+    monkeypatch.setattr(graphs, "_handed", "")
     for name in ALLOC_CONF_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return fake
@@ -74,6 +75,17 @@ def test_settings_read_from_the_environment_without_torch_getter(
     assert graphs.allocator_settings() == ""
     monkeypatch.setenv(ALLOC_CONF_VARIABLES[1], EXPANDABLE_SEGMENTS)
     assert graphs.allocator_settings() == EXPANDABLE_SEGMENTS
+
+
+def test_switches_once_where_torch_reports_nothing(
+    allocator: FakeAllocator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch 2.11 on the H200 reported '' after the switch; the runtime remembers what it set."""
+    monkeypatch.setattr(torch._C, "_accelerator_getAllocatorSettings", lambda: "")
+    assert use_expandable_segments() is True
+    assert graphs.allocator_settings() == EXPANDABLE_SEGMENTS
+    assert use_expandable_segments() is False
+    assert allocator.calls == [EXPANDABLE_SEGMENTS]
 
 
 def test_a_cpu_pipeline_does_not_touch_the_allocator(allocator: FakeAllocator, build) -> None:
