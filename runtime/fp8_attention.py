@@ -5,7 +5,7 @@
     O  = (P8 v8) * d_v / P_SCALE;  o8 = Q8(O * s_o)
 
 q8: (B, H, T, d), k8 and v8: (B, H, S, d), E4M3 (`torch.float8_e4m3fn`), any strides with the last
-one 1; kv_len: (B,) int32, the valid keys of each row (the text padding is a suffix of the keys);
+one 1; kv_len: (B,) int32, the valid keys of each row, 1 or more (the text padding is a suffix);
 descales: (3,) fp32, (d_q, d_k, d_v); scale_o: () fp32. Returns o8: (B, H, T, d) E4M3 whose memory
 is (B, T, H, d), so the output projection reads it as (B, T, H d) without a copy. Q8 saturates to
 +-448 and rounds to nearest even, as `Tensor.to(torch.float8_e4m3fn)` does.
