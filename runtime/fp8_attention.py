@@ -139,7 +139,9 @@ def import_cudnn_frontend():
 
 class _CudnnSDPA:
     """One cudnn-frontend FP8 SDPA graph with a padding mask, for one (shapes, strides, scale), and
-    per CUDA stream its own workspace and scratch outputs (two streams may run it at once)."""
+    per CUDA stream its own workspace and scratch outputs (two streams may run it at once), kept
+    for the life of the process. The graph is built at the first call, which should not be inside
+    a CUDA-graph capture: runtime.graphs warms every chain up on a side stream first."""
 
     def __init__(self, q: Tensor, k: Tensor, softmax_scale: float) -> None:
         cudnn = import_cudnn_frontend()
