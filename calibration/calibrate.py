@@ -4,7 +4,8 @@ Runs the model's sampler (ping-pong for Presto-LS) on the shipped calibration pr
 records the DiT's inputs at every step, and calibrates each layer budget's DiT on the steps that use
 it (ModelOpt: SmoothQuant alpha 0.5 for int8, max calibration for fp8). Writes DIR/scales.safetensors
 (per budget and Linear layer: input amax, weight amax, and for int8 the smoothing factors and the
-per-channel input amax) and DIR/calibration.json (a readable summary with the scales' sha256).
+per-channel input amax; per block, the ranges of its attention's q, k, v and output, for FP8
+attention) and DIR/calibration.json (a readable summary with the scales' sha256).
 `python -m export.build --quantization int8 --calibration DIR` builds engines from it
 (`export.quant_onnx.export_quantized_dit` writes one budget's Q/DQ ONNX graph).
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from calibration.attention_ranges import attention_ranges
 from calibration.recipes import (
     SMOOTHQUANT_ALPHA,
     calibrate_budget,
@@ -139,10 +141,16 @@ def calibrate(args: argparse.Namespace, prompts: tuple[str, ...]) -> Path:
     by_budget = group_by_budget(calls)
     log.info("recorded %d DiT calls over budgets %s", len(calls), sorted(by_budget))
     # 3. One calibration per budget.
-    budgets = {}
+    budgets, attention = {}, {}
     for budget, group in by_budget.items():
         budgets[budget] = calibrate_budget(model.denoiser, group, args.precision)
-        log.info("budget %d: %d Linear layers calibrated", budget, len(budgets[budget]))
+        attention[budget] = attention_ranges(model.denoiser, group)
+        log.info(
+            "budget %d: %d Linear layers and %d attentions calibrated",
+            budget,
+            len(budgets[budget]),
+            len(attention[budget]),
+        )
     # 4. The folder.
     sampler = config.sampler
     schedule = karras_sigmas(
@@ -169,6 +177,7 @@ def calibrate(args: argparse.Namespace, prompts: tuple[str, ...]) -> Path:
                 "num_calls": len(group),
                 "sigmas": sorted({round(float(c.sigma[0]), 6) for c in group}, reverse=True),
                 "layers": describe_layers(budgets[b]),
+                "attention": describe_layers(attention[b]),
             }
             for b, group in by_budget.items()
         },
@@ -178,7 +187,7 @@ def calibrate(args: argparse.Namespace, prompts: tuple[str, ...]) -> Path:
             "torch": torch.__version__,
         },
     }
-    calibration = Calibration(args.precision, config.config_hash(), budgets)
+    calibration = Calibration(args.precision, config.config_hash(), budgets, attention)
     return save_calibration(args.out, calibration, summary)
 
 

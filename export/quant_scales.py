@@ -2,7 +2,8 @@
 
     DIR/
       scales.safetensors   tensors "b{budget}/{layer}/{field}", layer named as in presto_ref's DiT
-                           (e.g. "b0/blocks.1.attn.q/input_amax")
+                           (e.g. "b0/blocks.1.attn.q/input_amax"); a block's attention ranges
+                           under "b{budget}/blocks.{i}.attn.sdpa/{q,k,v,o}_amax"
       calibration.json     a readable summary: precision, config hash, prompts, seeds, sigmas and
                            budgets, per-layer ranges, tool versions, and the sha256 of the scales file
 
@@ -17,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import Tensor
@@ -34,6 +35,8 @@ FORMAT_VERSION = 1
 # for 8.0; export.plan and export.quant_torch both check against this.
 FP8_MIN_CAPABILITY = (8, 9)
 FIELDS = ("input_amax", "weight_amax", "smooth", "input_channel_amax")
+SDPA = ".sdpa"  # suffix of the pseudo-layer that holds a block's attention ranges
+SDPA_FIELDS = ("q_amax", "k_amax", "v_amax", "o_amax")
 # SmoothQuant's migration strength: 0.5 splits the range of outlier channels evenly between
 # activation and weight (SmoothQuant, section 4.2: the sweet spot for most models). ModelOpt's
 # recipe (calibration/recipes.py) uses it, and so do the shared factors of export/quant_onnx.py.
@@ -55,12 +58,26 @@ class LayerScales:
 
 
 @dataclass(frozen=True)
+class AttentionRanges:
+    """The abs-max ranges () of one block's attention operands over the calibration data, as the
+    attention sees them: q and k after the rotary embedding, k and v over the valid keys only,
+    o the attention output (what FP8 attention quantizes: runtime/fp8_attention.py). float32."""
+
+    q_amax: Tensor
+    k_amax: Tensor
+    v_amax: Tensor
+    o_amax: Tensor
+
+
+@dataclass(frozen=True)
 class Calibration:
     """Scales of every calibrated budget of one model config, for one precision."""
 
     precision: str  # "int8" or "fp8"
     config_hash: str  # PrestoConfig.config_hash() of the calibrated model
     budgets: dict[int, dict[str, LayerScales]]  # budget -> layer name -> scales
+    # budget -> attention module ("blocks.3.attn") -> ranges; empty in calibrations made before
+    attention: dict[int, dict[str, AttentionRanges]] = field(default_factory=dict)
 
     def layers(self, budget: int) -> dict[str, LayerScales]:
         """The scales of one budget; ArtifactError naming the calibrated budgets otherwise."""
@@ -83,24 +100,39 @@ def sha256_file(path: Path) -> str:
 def to_tensors(calibration: Calibration) -> dict[str, Tensor]:
     """Flat safetensors dict "b{budget}/{layer}/{field}" -> contiguous float32 tensor."""
     flat = {}
-    for budget, layers in calibration.budgets.items():
-        for layer, scales in layers.items():
-            for field in FIELDS:
-                value = getattr(scales, field)
-                if value is not None:
-                    flat[f"b{budget}/{layer}/{field}"] = value.detach().float().cpu().contiguous()
+    entries = [
+        (b, name, s, FIELDS) for b, ls in calibration.budgets.items() for name, s in ls.items()
+    ]
+    entries += [
+        (b, name + SDPA, r, SDPA_FIELDS)
+        for b, rs in calibration.attention.items()
+        for name, r in rs.items()
+    ]
+    for budget, layer, scales, names in entries:
+        for name in names:
+            value = getattr(scales, name)
+            if value is not None:
+                flat[f"b{budget}/{layer}/{name}"] = value.detach().float().cpu().contiguous()
     return flat
 
 
-def from_tensors(flat: dict[str, Tensor]) -> dict[int, dict[str, LayerScales]]:
+def from_tensors(
+    flat: dict[str, Tensor],
+) -> tuple[dict[int, dict[str, LayerScales]], dict[int, dict[str, AttentionRanges]]]:
+    """The inverse of to_tensors: (Calibration.budgets, Calibration.attention)."""
     fields: dict[int, dict[str, dict[str, Tensor]]] = {}
     for key, value in flat.items():
-        budget, layer, field = key.split("/")
-        fields.setdefault(int(budget[1:]), {}).setdefault(layer, {})[field] = value
-    return {
-        b: {name: LayerScales(**f) for name, f in sorted(layers.items())}
-        for b, layers in sorted(fields.items())
-    }
+        budget, layer, name = key.split("/")
+        fields.setdefault(int(budget[1:]), {}).setdefault(layer, {})[name] = value
+    budgets: dict[int, dict[str, LayerScales]] = {}
+    attention: dict[int, dict[str, AttentionRanges]] = {}
+    for b, layers in sorted(fields.items()):
+        for name, f in sorted(layers.items()):
+            if name.endswith(SDPA):
+                attention.setdefault(b, {})[name.removesuffix(SDPA)] = AttentionRanges(**f)
+            else:
+                budgets.setdefault(b, {})[name] = LayerScales(**f)
+    return budgets, attention
 
 
 # --- the folder ----------------------------------------------------------------------------------
@@ -200,7 +232,8 @@ def load_calibration(directory: str | Path) -> Calibration:
             f"{QUANTIZATIONS}; calibrate again"
         )
     flat = load_file(path)
-    return Calibration(doc["precision"], doc["config_hash"], from_tensors(flat))
+    budgets, attention = from_tensors(flat)
+    return Calibration(doc["precision"], doc["config_hash"], budgets, attention)
 
 
 def amax_range(t: Tensor | None) -> list[float] | float | None:
@@ -212,13 +245,13 @@ def amax_range(t: Tensor | None) -> list[float] | float | None:
     return [round(float(t.min()), 6), round(float(t.max()), 6)]
 
 
-def describe_layers(layers: dict[str, LayerScales]) -> dict[str, dict]:
-    """Per-layer ranges for calibration.json."""
+def describe_layers(layers: dict[str, LayerScales | AttentionRanges]) -> dict[str, dict]:
+    """Per-layer (or per-attention) ranges for calibration.json."""
     return {
         name: {
-            field: amax_range(getattr(s, field))
-            for field in FIELDS
-            if getattr(s, field) is not None
+            f: amax_range(getattr(s, f))
+            for f in (SDPA_FIELDS if isinstance(s, AttentionRanges) else FIELDS)
+            if getattr(s, f) is not None
         }
         for name, s in layers.items()
     }
