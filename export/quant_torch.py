@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.attention import attach_rotary_tables, pad_attention_heads
+from export.fp8_sdpa import enable_fp8_attention, fp8_attention_forward
 from export.fuse import FusedAttention
 from export.quant_onnx import (
     FP8_E4M3_MAX,
@@ -99,13 +100,20 @@ class FP8Linear(nn.Module):
     def gemm(self, x: Tensor, scale: Tensor, rows: slice = slice(None)) -> Tensor:
         """x: (..., K) times the rows `rows` of W, input scale `scale`; -> (..., N_rows) in x's
         dtype. FusedAttention's text [k|v] GEMM uses rows [D:] ([H d':] when padded)."""
-        lead, dtype = x.shape[:-1], x.dtype
+        lead = x.shape[:-1]
+        xq = self.quantize_input(x.reshape(-1, x.shape[-1]), scale)  # (M, K)
+        return self.scaled_gemm(xq, scale, x.dtype, rows).reshape(*lead, -1)
+
+    def scaled_gemm(
+        self, xq: Tensor, scale: Tensor, dtype: torch.dtype, rows: slice = slice(None)
+    ) -> Tensor:
+        """xq: (M, K) float8, already quantized with `scale` (e.g. FP8 attention's output) ->
+        (M, N_rows) in `dtype`, bias added."""
         wq = self.weight_q[rows]  # (N_rows, K), still row-major: a row slice of a contiguous W
         assert wq.dtype == torch.float8_e4m3fn, f"weight_q is {wq.dtype}: quantize after .to(dtype)"
-        if x.is_cuda:
-            check_cuda_fp8(x.device)
+        if xq.is_cuda:
+            check_cuda_fp8(xq.device)
             check_cuda_shape("fp8", wq.shape[1], wq.shape[0])
-        xq = self.quantize_input(x.reshape(-1, x.shape[-1]), scale)  # (M, K)
         y = torch._scaled_mm(
             xq,
             wq.t(),
@@ -119,7 +127,7 @@ class FP8Linear(nn.Module):
         # torch 2.11), and the add fuses into the kernel that reads y anyway.
         if self.bias is not None:
             y = y + self.bias[rows].to(dtype)
-        return y.reshape(*lead, -1)
+        return y
 
     def forward(self, x: Tensor) -> Tensor:
         return self.gemm(x, self.input_scale)
@@ -256,6 +264,12 @@ class QuantFusedAttention(FusedAttention):
         [q|k|v] weight."""
         return self.qkv.gemm(text, self.text_scale, slice(self.q_rows, None))
 
+    def forward(self, a: Tensor, text: Tensor, angles: Tensor, key_mask: Tensor) -> Tensor:
+        """FusedAttention's forward, or FP8 attention once export/fp8_sdpa.py enabled it."""
+        if getattr(self, "sdpa_scales", None) is not None:
+            return fp8_attention_forward(self, a, text, angles, key_mask)
+        return super().forward(a, text, angles, key_mask)
+
 
 def quantize_dit_torch(
     dit: DiT, budget: int, layers: dict[str, LayerScales], precision: str
@@ -296,19 +310,31 @@ def cast_unquantized(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def quantized_torch_model(
-    model: Presto, budget: int, calibration: Calibration, precision: str
+    model: Presto,
+    budget: int,
+    calibration: Calibration,
+    precision: str,
+    fp8_attention: bool = False,
 ) -> tuple[Presto, list[str]]:
     """An export copy of `model` (export.spec.export_model) whose DiT runs the blocks of `budget`
     with real FP8/INT8 GEMMs, everything else at `precision`, and the quantized layers' names;
     `model` is left unchanged. The counterpart of export.quant_onnx.quantized_dit_model: quantized
     in fp32 (the Q/DQ graph's scales), then its attention heads padded to drop the mask
     (export/attention.py: quantization reads the unpadded layout, so it comes first), then cast
-    but for its 8-bit weights and fp32 scales."""
+    but for its 8-bit weights and fp32 scales. fp8_attention (an fp8 calibration with attention
+    ranges): the quantized blocks' attention in FP8 too (export/fp8_sdpa.py)."""
+    if fp8_attention and calibration.precision != "fp8":
+        raise ConfigError(
+            f"FP8 attention needs an fp8 calibration, got {calibration.precision!r}; calibrate "
+            "with --precision fp8"
+        )
     clone = export_model(model, "fp32", mask_free=False)
     layers = calibration.layers(budget)
     names = quantize_dit_torch(clone.dit, budget, layers, calibration.precision)
     pad_attention_heads(clone.dit)
     cast_unquantized(clone, torch_dtype(precision))
+    if fp8_attention:
+        enable_fp8_attention(clone.dit, calibration.attention.get(budget, {}))
     attach_rotary_tables(clone.dit, model.config.max_frames)  # after the cast: fp32 tables
     return clone, names
 

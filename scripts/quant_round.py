@@ -23,10 +23,11 @@ Stages (--stages, default both), each precision of --precisions:
             GPU time by kernel class (benchmarks.profile). --precisions may also name
             bf16-masked: the bf16 DiT with the text padding mask export/attention.py removes;
             bf16-rope-inline: the bf16 DiT computing its rotary cos/sin in every block instead of
-            reading export/attention.py's tables. A "+autotune" suffix (bf16+autotune,
-            fp8+autotune) compiles that form with Inductor's max_autotune (GEMM templates with
-            fused epilogues, benchmarked at compile time; export builds leave it off) and is
-            compared against bf16+autotune.
+            reading export/attention.py's tables; fp8-sdpa: the FP8 DiT with its attention in
+            FP8 too (export/fp8_sdpa.py; needs nvidia-cudnn-frontend on CUDA). A "+autotune"
+            suffix (bf16+autotune, fp8+autotune) compiles that form with Inductor's max_autotune
+            (GEMM templates with fused epilogues, benchmarked at compile time; export builds leave
+            it off) and is compared against bf16+autotune.
 OUT/quant-round.json is rewritten after every measurement, so a call cut short keeps its figures.
 Calibrations are kept in --work (default OUT/work) and reused there: a second call with the same
 --work (the device machine keeps files between calls while it stays warm) does not calibrate again.
@@ -66,6 +67,13 @@ BF16_FORMS = {
 # A precision's suffix that compiles its package with these Inductor options (export/torch_backend.py
 # DEFAULT_OPTIONS otherwise).
 AUTOTUNE_SUFFIX, AUTOTUNE_OPTIONS = "+autotune", {"max_autotune": True}
+# The FP8 DiT with its attention in FP8 too (export/fp8_sdpa.py), from the fp8 calibration.
+SDPA_FORM = "fp8-sdpa"
+
+
+def quantization_of(form: str) -> tuple[str, bool]:
+    """'fp8-sdpa' -> ('fp8', True): the calibration's precision and whether attention is FP8."""
+    return ("fp8", True) if form == SDPA_FORM else (form, False)
 
 
 def split_form(q: str) -> tuple[str, dict]:
@@ -94,12 +102,14 @@ class PerBudget(torch.nn.Module):
 
 def variant(model: Presto, precision: str, calibration, device: torch.device) -> Presto:
     """The bf16 export copy of `model`; unless bf16, its denoiser dispatches each budget to a copy
-    of the DiT whose GEMMs that budget's scales quantize (real kernels, export/quant_torch.py)."""
+    of the DiT whose GEMMs that budget's scales quantize (real kernels, export/quant_torch.py),
+    and for fp8-sdpa its attention too."""
     clone = export_model(model, "bf16")
     if precision != "bf16":
         denoisers = {}
+        sdpa = quantization_of(precision)[1]
         for budget in model.config.sampler.budgets.distinct_budgets:
-            copy, _ = quantized_torch_model(model, budget, calibration, "bf16")  # as builds do
+            copy, _ = quantized_torch_model(model, budget, calibration, "bf16", fp8_attention=sdpa)
             denoisers[budget] = copy.denoiser
         clone.denoiser = PerBudget(denoisers)
     return clone.to(device)
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if "fidelity" in stages:
         start = time.perf_counter()
         variants = {
-            q: variant(model, q, calibration_of(q), dev)
+            q: variant(model, q, calibration_of(quantization_of(q)[0]), dev)
             for q in precisions
             if (q == "bf16" or q not in BF16_FORMS) and not q.endswith(AUTOTUNE_SUFFIX)
         }  # the eager forms: Inductor's options do not apply
@@ -233,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 if form in BF16_FORMS:
                     clone = export_model(model, "bf16", **BF16_FORMS[form])
                 else:
+                    base, sdpa = quantization_of(form)
                     clone, _ = quantized_torch_model(
-                        model, args.budget, calibration_of(form), "bf16"
+                        model, args.budget, calibration_of(base), "bf16", fp8_attention=sdpa
                     )
                 rows = dit_batch_size(model.config, batch)  # the DiT spec a build would make
                 spec = dit_spec(clone, "bf16", rows, frames, args.budget)

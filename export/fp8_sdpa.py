@@ -1,0 +1,94 @@
+"""The FP8 DiT's attention in FP8: q, k and v quantized after the rotary embedding, one
+`presto::attention_fp8` call (runtime/fp8_attention.py), and its E4M3 output straight into the o
+projection's FP8 GEMM. Torch packages only (the Q/DQ ONNX graph keeps its bf16 attention).
+
+For a block whose attention export/quant_torch.py quantized (FP8 GEMMs) and export/attention.py
+padded to heads of d' (d' a multiple of 16, as FP8 attention needs), with the calibration's ranges
+(calibration/attention_ranges.py) s_x = amax_x / 448:
+
+    q8 = Q8(rot(q) / s_q)    k8 = Q8([rot(k_audio); k_text] / s_k)    v8 = Q8([v_audio; v_text] / s_v)
+    o8 = attention_fp8(q8, k8, v8, kv_len, (s_q, s_k, s_v), 1 / s_o, d^-0.5)
+    y  = _scaled_mm(o8, W_o8^T) * s_o * s_Wo + b_o
+
+kv_len = T + the row's valid text tokens: the padding is masked by length (cuDNN's padding mask
+skips the padded keys), not by the head channel export/attention.py folds it into, so the text
+keys carry no bias here. The q heads' channel d still holds the padded GEMM's 1.0 and meets k's
+0 there: it adds nothing to a logit, but it is in q's range, so s_q covers at least 1. s_o is the
+o GEMM's own input scale: ModelOpt's range of the o projection's input is the attention output's
+range (tests/calibration/test_attention_ranges.py), so o8 needs no second quantization.
+
+Status: parity on the CPU, where the op runs its fp32 reference (tests/export/test_fp8_sdpa.py);
+not compiled or run on a GPU, and no `export.build` flag asks for it yet
+(`scripts/quant_round.py --precisions fp8-sdpa` times the budget-0 DiT with it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import runtime.fp8_attention  # noqa: F401  registers presto::attention_fp8
+from export.attention import rope_of
+from export.quant_scales import AttentionRanges
+from presto_common.errors import ArtifactError, ConfigError
+from presto_ref.layers import rotate_pairs
+from runtime.fp8_attention import FP8_MAX, quantize_fp8
+
+
+def fp8_attention_forward(
+    attn: nn.Module, a: Tensor, text: Tensor, angles: Tensor, key_mask: Tensor
+) -> Tensor:
+    """A padded FP8 QuantFusedAttention's forward with FP8 attention (module docstring).
+    a: (B, T, D) audio, text: (B, S, D), angles: (T, d/2), key_mask: (B, 1, 1, T + S) bool with
+    the text padding a suffix. Returns (B, T, D) in a's dtype."""
+    H, d_pad = attn.num_heads, attn.padded_head
+    d = attn.width // H
+    B, T, _ = a.shape
+    s_q, s_k, s_v = attn.sdpa_scales.unbind()
+
+    def heads(t: Tensor) -> Tensor:  # (B, L, H d') -> (B, H, L, d')
+        return t.unflatten(-1, (H, d_pad)).transpose(1, 2)
+
+    q, k_a, v_a = attn.qkv(a).split(H * d_pad, dim=-1)  # (B, T, H d') each; q's channel d is 1
+    k_t, v_t = attn.text_kv(text).split(H * d_pad, dim=-1)  # (B, S, H d') each
+    cos, sin = rope_of(attn, angles, d_pad - d)  # (T, d'/2) each
+    q8 = quantize_fp8(rotate_pairs(heads(q), cos, sin).float() / s_q)  # (B, H, T, d')
+    k = torch.cat([rotate_pairs(heads(k_a), cos, sin), heads(k_t)], dim=2)  # text unrotated
+    k8 = quantize_fp8(k.float() / s_k)  # (B, H, T + S, d')
+    v8 = quantize_fp8(heads(torch.cat([v_a, v_t], dim=1)).float() / s_v)
+    kv_len = (T + key_mask[:, 0, 0, T:].sum(-1)).to(torch.int32)  # (B,)
+    o8 = torch.ops.presto.attention_fp8(
+        q8, k8, v8, kv_len, attn.sdpa_scales, 1.0 / attn.o.input_scale, d**-0.5
+    )  # (B, H, T, d') E4M3 in (B, T, H, d') memory
+    rows = o8.transpose(1, 2).reshape(B * T, H * d_pad)  # a view: no copy
+    return attn.o.scaled_gemm(rows, attn.o.input_scale, a.dtype).reshape(B, T, -1)
+
+
+def enable_fp8_attention(dit: nn.Module, ranges: dict[str, AttentionRanges]) -> int:
+    """Give every padded FP8 attention of `dit` that `ranges` (one budget's, by "blocks.{i}.attn")
+    covers its FP8 attention scales, so that it runs `fp8_attention_forward`; returns how many.
+    ConfigError for an attention that is not padded FP8, ArtifactError for one without ranges."""
+    from export.quant_torch import FP8Linear, QuantFusedAttention  # it imports this module
+
+    enabled = 0
+    for i, block in enumerate(dit.blocks):
+        attn, name = block.attn, f"blocks.{i}.attn"
+        if not isinstance(attn, QuantFusedAttention):
+            continue  # a block the budget drops keeps its unquantized attention
+        if not (isinstance(attn.o, FP8Linear) and attn.padded_head % 16 == 0 and attn.padded_head):
+            raise ConfigError(
+                f"{name} is not an FP8 attention padded to a multiple of 16 (padded_head "
+                f"{attn.padded_head}, o {type(attn.o).__name__}); quantize it for fp8 and pad it "
+                "first (export.quant_torch.quantized_torch_model does)"
+            )
+        if name not in ranges:
+            raise ArtifactError(
+                f"the calibration has no attention ranges for {name} ({len(ranges)} blocks "
+                "have them); calibrate again with this version (python -m calibration.calibrate)"
+            )
+        r = ranges[name]
+        amax = torch.stack([torch.clamp(r.q_amax, min=1.0), r.k_amax, r.v_amax]).float()
+        scales = (amax.clamp(min=1e-12) / FP8_MAX).to(attn.o.input_scale.device)
+        attn.register_buffer("sdpa_scales", scales)  # (3,) s_q, s_k, s_v
+        enabled += 1
+    return enabled
