@@ -75,25 +75,34 @@ def mask_free_attention(
     a: (B, T, D) audio, text: (B, S, D), angles: (T, d/2), key_mask: (B, 1, 1, T + S) bool (only
     its text part is read: the audio keys are always valid). Returns (B, T, D).
     """
-    H, d_pad = attn.num_heads, attn.padded_head
-    d = attn.width // H
+    d = attn.width // attn.num_heads
     T = a.shape[1]
     scale = d**-0.5  # the unpadded head's: the pad channels add exact zeros to every logit
+    q, k_a, k_t, v = padded_operands(attn, a, text, angles)
+    valid = key_mask[..., T:].transpose(-1, -2)  # (B, 1, S, 1)
+    bias = torch.where(valid, 0.0, MASKED_LOGIT / scale)  # (B, 1, S, 1) fp32
+    bias = F.pad(bias, (d, attn.padded_head - d - 1)).to(k_t.dtype)  # (B, 1, S, d'): b / s at d
+    k = torch.cat([k_a, k_t + bias], dim=2)  # (B, H, T + S, d')
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, T, d'), pad channels 0
+    return attn.o(out.transpose(1, 2).flatten(2))  # o's pad columns are zero
+
+
+def padded_operands(
+    attn: nn.Module, a: Tensor, text: Tensor, angles: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A padded attention's operands, before any masking: q (B, H, T, d') and the audio keys
+    (B, H, T, d') rotated (q's channel d is 1), the text keys (B, H, S, d') unrotated, and the
+    values (B, H, T + S, d'). Shared by `mask_free_attention` and export/fp8_sdpa.py."""
+    H, d_pad = attn.num_heads, attn.padded_head
 
     def heads(t: Tensor) -> Tensor:  # (B, L, H d') -> (B, H, L, d')
         return t.unflatten(-1, (H, d_pad)).transpose(1, 2)
 
-    q, k_a, v_a = attn.qkv(a).split(H * d_pad, dim=-1)  # (B, T, H d') each; q's channel d is 1
+    q, k_a, v_a = attn.qkv(a).split(H * d_pad, dim=-1)  # (B, T, H d') each
     k_t, v_t = attn.text_kv(text).split(H * d_pad, dim=-1)  # (B, S, H d') each
-    cos, sin = rope_of(attn, angles, d_pad - d)  # (T, d'/2) each
-    valid = key_mask[..., T:].transpose(-1, -2)  # (B, 1, S, 1)
-    bias = torch.where(valid, 0.0, MASKED_LOGIT / scale)  # (B, 1, S, 1) fp32
-    bias = F.pad(bias, (d, d_pad - d - 1)).to(k_t.dtype)  # (B, 1, S, d'): b / s at channel d
-    q = rotate_pairs(heads(q), cos, sin)  # (B, H, T, d')
-    k = torch.cat([rotate_pairs(heads(k_a), cos, sin), heads(k_t) + bias], dim=2)  # text unrotated
-    v = heads(torch.cat([v_a, v_t], dim=1))  # (B, H, T + S, d')
-    out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, H, T, d'), pad channels 0
-    return attn.o(out.transpose(1, 2).flatten(2))  # o's pad columns are zero
+    cos, sin = rope_of(attn, angles, d_pad - attn.width // H)  # (T, d'/2) each
+    q, k_a = rotate_pairs(heads(q), cos, sin), rotate_pairs(heads(k_a), cos, sin)
+    return q, k_a, heads(k_t), heads(torch.cat([v_a, v_t], dim=1))
 
 
 def rope_of(attn: nn.Module, angles: Tensor, pad: int) -> tuple[Tensor, Tensor]:

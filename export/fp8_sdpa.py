@@ -27,12 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-import runtime.fp8_attention  # noqa: F401  registers presto::attention_fp8
-from export.attention import rope_of
+from export.attention import padded_operands
+from export.quant_onnx import FP8_E4M3_MAX
 from export.quant_scales import AttentionRanges
 from presto_common.errors import ArtifactError, ConfigError
-from presto_ref.layers import rotate_pairs
-from runtime.fp8_attention import FP8_MAX, quantize_fp8
+from runtime.fp8_attention import quantize_fp8  # importing it registers presto::attention_fp8
 
 
 def fp8_attention_forward(
@@ -45,17 +44,10 @@ def fp8_attention_forward(
     d = attn.width // H
     B, T, _ = a.shape
     s_q, s_k, s_v = attn.sdpa_scales.unbind()
-
-    def heads(t: Tensor) -> Tensor:  # (B, L, H d') -> (B, H, L, d')
-        return t.unflatten(-1, (H, d_pad)).transpose(1, 2)
-
-    q, k_a, v_a = attn.qkv(a).split(H * d_pad, dim=-1)  # (B, T, H d') each; q's channel d is 1
-    k_t, v_t = attn.text_kv(text).split(H * d_pad, dim=-1)  # (B, S, H d') each
-    cos, sin = rope_of(attn, angles, d_pad - d)  # (T, d'/2) each
-    q8 = quantize_fp8(rotate_pairs(heads(q), cos, sin).float() / s_q)  # (B, H, T, d')
-    k = torch.cat([rotate_pairs(heads(k_a), cos, sin), heads(k_t)], dim=2)  # text unrotated
-    k8 = quantize_fp8(k.float() / s_k)  # (B, H, T + S, d')
-    v8 = quantize_fp8(heads(torch.cat([v_a, v_t], dim=1)).float() / s_v)
+    q, k_a, k_t, v = padded_operands(attn, a, text, angles)
+    q8 = quantize_fp8(q.float() / s_q)  # (B, H, T, d')
+    k8 = quantize_fp8(torch.cat([k_a, k_t], dim=2).float() / s_k)  # (B, H, T + S, d'): no bias
+    v8 = quantize_fp8(v.float() / s_v)
     kv_len = (T + key_mask[:, 0, 0, T:].sum(-1)).to(torch.int32)  # (B,)
     o8 = torch.ops.presto.attention_fp8(
         q8, k8, v8, kv_len, attn.sdpa_scales, 1.0 / attn.o.input_scale, d**-0.5
@@ -68,7 +60,7 @@ def enable_fp8_attention(dit: nn.Module, ranges: dict[str, AttentionRanges]) -> 
     """Give every padded FP8 attention of `dit` that `ranges` (one budget's, by "blocks.{i}.attn")
     covers its FP8 attention scales, so that it runs `fp8_attention_forward`; returns how many.
     ConfigError for an attention that is not padded FP8, ArtifactError for one without ranges."""
-    from export.quant_torch import FP8Linear, QuantFusedAttention  # it imports this module
+    from export.quant_torch import FP8Linear, QuantFusedAttention, input_scale  # imports us
 
     enabled = 0
     for i, block in enumerate(dit.blocks):
@@ -87,8 +79,8 @@ def enable_fp8_attention(dit: nn.Module, ranges: dict[str, AttentionRanges]) -> 
                 "have them); calibrate again with this version (python -m calibration.calibrate)"
             )
         r = ranges[name]
-        amax = torch.stack([torch.clamp(r.q_amax, min=1.0), r.k_amax, r.v_amax]).float()
-        scales = (amax.clamp(min=1e-12) / FP8_MAX).to(attn.o.input_scale.device)
-        attn.register_buffer("sdpa_scales", scales)  # (3,) s_q, s_k, s_v
+        amaxes = (torch.clamp(r.q_amax, min=1.0), r.k_amax, r.v_amax)
+        scales = torch.stack([input_scale(x, FP8_E4M3_MAX) for x in amaxes])
+        attn.register_buffer("sdpa_scales", scales.to(attn.o.input_scale.device))  # s_q, s_k, s_v
         enabled += 1
     return enabled

@@ -48,6 +48,7 @@ from presto_common.errors import ArtifactError, ConfigError
 from presto_common.names import QUANTIZATIONS, torch_dtype
 from presto_ref.dit import DiT
 from presto_ref.pipeline import Presto
+from runtime.fp8_attention import quantize_fp8
 
 # FP8 products accumulate in the tensor cores' own reduced-precision adder, without cuBLASLt's
 # periodic promotion to fp32 ("fast accumulation"): 7-14% faster for the DiT's fused GEMMs at 16
@@ -95,7 +96,7 @@ class FP8Linear(nn.Module):
 
     def quantize_input(self, x: Tensor, scale: Tensor) -> Tensor:
         """(M, K) -> float8 (M, K): x / scale in fp32, saturated to +-448, rounded to E4M3."""
-        return (x.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+        return quantize_fp8(x.float() / scale)
 
     def gemm(self, x: Tensor, scale: Tensor, rows: slice = slice(None)) -> Tensor:
         """x: (..., K) times the rows `rows` of W, input scale `scale`; -> (..., N_rows) in x's
