@@ -93,23 +93,23 @@ def compare(current: dict[str, Any], baseline: dict[str, Any], k: float) -> Verd
     return verdict
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
-    """A finished --json file of this harness; ArtifactError if missing, not JSON, cut short or of
-    the old layout."""
+def load_baseline(path: Path, flag: str = "--compare") -> dict[str, Any]:
+    """A finished --json file of this harness; ArtifactError (naming `flag`, the option that gave
+    the path) if missing, not JSON, cut short or of the old layout."""
     if not path.is_file():
-        raise ArtifactError(f"--compare {path}: no such file; write one with --json {path}")
+        raise ArtifactError(f"{flag} {path}: no such file; write one with --json {path}")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ArtifactError(f"--compare {path} is not valid JSON ({err})") from None
+        raise ArtifactError(f"{flag} {path} is not valid JSON ({err})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ArtifactError(
-            f"--compare {path} has no 'results' list (written by an older benchmarks.latency?); "
+            f"{flag} {path} has no 'results' list (written by an older benchmarks.latency?); "
             f"write a new baseline with --json"
         )
     if data.get("complete") is False:  # files from before the flag existed are whole
         raise ArtifactError(
-            f'--compare {path} is from a run that was cut short ("complete": false); use a '
+            f'{flag} {path} is from a run that was cut short ("complete": false); use a '
             f"finished run's --json as the baseline"
         )
     return data
