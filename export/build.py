@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a folder written by `python -m calibration.calibrate` for this model, at the "
         "--quantization precision",
     )
+    p.add_argument(
+        "--fp8-attention",
+        action="store_true",
+        help="with --quantization fp8: the torch packages' DiT computes its attention in FP8 too "
+        "(cuDNN's FP8 SDPA on CUDA; needs the calibration's attention ranges and "
+        "nvidia-cudnn-frontend); ONNX and TensorRT keep bf16 attention",
+    )
     p.add_argument("--device", default="cpu", help="device the torch packages are compiled for")
     p.add_argument(
         "--verify",
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             on_artifact=built.append,
             quantization=args.quantization,
             calibration=args.calibration,
+            fp8_attention=args.fp8_attention,
         )
         print_summary(built)
         summary = {

@@ -213,6 +213,10 @@ def build_torch(spec: ExportSpec, ctx: BuildContext) -> tuple[str, dict]:
     details: dict = {}
     if spec.quantization is not None:
         module, details["quantized_layers"] = quantized_torch_module(spec, ctx)
+        if ctx.plan.fp8_attention:  # blocks attending in FP8 (export/fp8_sdpa.py)
+            details["fp8_attention_blocks"] = sum(
+                hasattr(m, "sdpa_scales") for m in module.modules()
+            )
         spec = dataclasses.replace(spec, module=module)
     module = spec.module.to(device)
     # On CUDA, 1-D convolutions run as channels-last 2-D ones (export/conv_layout.py) and the
@@ -242,13 +246,13 @@ def quantized_torch_module(spec: ExportSpec, ctx: BuildContext) -> tuple[torch.n
     """The DiT graph of `spec` with real FP8/INT8 GEMMs (export/quant_torch.py) in place of the
     fake-quantized ones, and how many it has: a fresh fp32 export copy of the reference is
     quantized (the Q/DQ graph's scales), then cast to spec.precision but its 8-bit weights and
-    fp32 scales."""
+    fp32 scales. With the plan's fp8_attention its attention is FP8 too (export/fp8_sdpa.py)."""
     from export.quant_torch import quantized_torch_model  # quantized builds only
     from export.spec import graph_for
 
     assert ctx.calibration is not None and spec.budget is not None, "a quantized DiT spec"
     clone, names = quantized_torch_model(
-        ctx.reference, spec.budget, ctx.calibration, spec.precision
+        ctx.reference, spec.budget, ctx.calibration, spec.precision, ctx.plan.fp8_attention
     )
     return graph_for(clone, "dit", spec.budget), len(names)
 

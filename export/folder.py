@@ -88,6 +88,7 @@ def build_folder(
     on_artifact: Callable[[BuiltArtifact], None] | None = None,
     quantization: str | None = None,
     calibration: str | Path | None = None,
+    fp8_attention: bool = False,
 ) -> Manifest:
     """Build every artifact of a model into `out` and return the manifest written there.
 
@@ -101,7 +102,8 @@ def build_folder(
     reuse_from: other build folders to take matching artifacts from. on_artifact: called as each
     artifact is done. quantization ("fp8" or "int8") with calibration (a folder written by
     `python -m calibration.calibrate` for this model): the DiT's GEMMs quantized with its scales;
-    everything else, the DiT's other operations included, stays at `precision`.
+    everything else, the DiT's other operations included, stays at `precision`. fp8_attention
+    (with quantization "fp8"): the torch packages' DiT attends in FP8 too (export/fp8_sdpa.py).
 
     `out` must be missing, an empty folder or an earlier build (a folder holding manifest.json);
     anything else is refused before the model is loaded (`check_out`).
@@ -147,6 +149,7 @@ def build_folder(
         reuse_from=reuse_from,
         quantization=quantization,
         calibration=calibration,
+        fp8_attention=fp8_attention,
     )
     # How to build this again (runtime.hints turns it into a command): in build_env, no schema change.
     source |= {
@@ -159,6 +162,7 @@ def build_folder(
         "verify": plan.verify,
         "quantization": plan.quantization,
         "calibration": None if plan.calibration is None else str(plan.calibration.absolute()),
+        "fp8_attention": plan.fp8_attention,
     }
     with torch.no_grad():
         return run_build(model.eval(), plan, Path(out), on_artifact, source)
@@ -218,7 +222,7 @@ def run_build(
             # 3. Each artifact: reuse or build.
             for i, (spec, backend) in enumerate(steps, 1):
                 start = time.perf_counter()
-                sig = spec_signature(sigs[backend], spec, plan)
+                sig = spec_signature(sigs[backend], spec, plan, backend)
                 found = reusable(sources, artifact_key(spec, backend), sig)
                 if found is not None:
                     prev, folder = found

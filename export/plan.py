@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from export.quant_scales import FP8_MIN_CAPABILITY
+from export.quant_scales import FP8_MIN_CAPABILITY, read_summary
 from export.spec import check_buckets
 from export.trt_build import DEFAULT_RTX_COMPUTE_CAPABILITIES, TRT_FLAVORS
 from presto_common.errors import ArtifactError, BackendUnavailable, ConfigError
@@ -41,6 +41,7 @@ class BuildPlan:
     quantization: str | None = None  # "fp8" or "int8": the DiT's GEMMs, from `calibration`
     calibration: Path | None = None  # a calibration folder (python -m calibration.calibrate)
     calibration_sha256: str | None = None  # its scales file's sha256, as its summary records it
+    fp8_attention: bool = False  # the torch packages' FP8 DiT attends in FP8 (export/fp8_sdpa.py)
 
 
 def available_backends() -> tuple[str, ...]:
@@ -65,12 +66,15 @@ def plan_build(
     reuse_from: Sequence[str | Path] = (),
     quantization: str | None = None,
     calibration: str | Path | None = None,
+    fp8_attention: bool = False,
 ) -> BuildPlan:
     """Check every option against `config` and this machine; fill the defaults.
 
     quantization ("fp8" or "int8") and calibration (a folder of `python -m calibration.calibrate`
     for this config, at that precision, covering the budgets) come together; only the calibration's
-    summary is read here.
+    summary is read here. fp8_attention (with quantization "fp8" and the torch backend): the torch
+    packages' DiT computes its attention in FP8 too (export/fp8_sdpa.py), from the calibration's
+    attention ranges; on CUDA it needs cudnn-frontend.
 
     Raises ConfigError for a value the model or the options do not allow, ArtifactError for a
     calibration folder that cannot be used, BackendUnavailable for CUDA asked for where there is
@@ -163,6 +167,8 @@ def plan_build(
                     f"has compute capability {cc[0]}.{cc[1]} and FP8 needs 8.9 or later; use "
                     "--quantization int8, or build on an Ada, Hopper or Blackwell GPU"
                 )
+    if fp8_attention:
+        _check_fp8_attention(chosen, quantization, calibration, chosen_budgets, device)
     return BuildPlan(
         backends=chosen,
         precision=precision,
@@ -177,7 +183,43 @@ def plan_build(
         quantization=quantization,
         calibration=calibration,
         calibration_sha256=calibration_sha256,
+        fp8_attention=bool(fp8_attention),
     )
+
+
+def _check_fp8_attention(
+    backends: tuple[str, ...],
+    quantization: str | None,
+    calibration: Path | None,
+    budgets: tuple[int, ...],
+    device: str,
+) -> None:
+    """ConfigError, ArtifactError or BackendUnavailable unless FP8 attention can be built."""
+    if quantization != "fp8":
+        given = f"with --quantization {quantization}" if quantization else "without --quantization"
+        raise ConfigError(
+            f"--fp8-attention {given}: FP8 attention feeds the FP8 "
+            "output projection and uses an fp8 calibration's ranges; add --quantization fp8 "
+            "--calibration DIR, or drop --fp8-attention"
+        )
+    if "torch" not in backends:
+        raise ConfigError(
+            f"--fp8-attention with --backends {','.join(backends)}: only the torch packages run "
+            "FP8 attention (the Q/DQ ONNX graph keeps its bf16 attention); add torch to --backends"
+        )
+    summary = read_summary(calibration)
+    entries = summary.get("budgets") or {}
+    missing = [b for b in budgets if not (entries.get(str(b)) or {}).get("attention")]
+    if missing:
+        raise ArtifactError(
+            f"--calibration {calibration} has no attention ranges for budget {missing[0]} (it "
+            "was calibrated before they were recorded); calibrate again with `python -m "
+            "calibration.calibrate --precision fp8`, or drop --fp8-attention"
+        )
+    if str(device).startswith("cuda"):
+        from runtime.fp8_attention import import_cudnn_frontend
+
+        import_cudnn_frontend()  # BackendUnavailable with the pip line
 
 
 def _capability(text: str) -> tuple[int, int]:
@@ -195,8 +237,6 @@ def _check_quantization(
     budgets: tuple[int, ...],
 ) -> tuple[Path, str]:
     """The calibration folder and its scales' sha256, once its summary is found to fit."""
-    from export.quant_scales import read_summary
-
     make = "python -m calibration.calibrate"
     if quantization is None:
         raise ConfigError(

@@ -56,12 +56,16 @@ def signature(plan: BuildPlan, backend: str, config_hash: str, weights: str) -> 
     return sig
 
 
-def spec_signature(sig: dict, spec: ExportSpec, plan: BuildPlan) -> dict:
-    """A backend's signature plus, for a quantized DiT, its quantization and calibration sha256:
-    a quantized artifact is never taken for another calibration's (nor an unquantized one)."""
+def spec_signature(sig: dict, spec: ExportSpec, plan: BuildPlan, backend: str) -> dict:
+    """A backend's signature plus, for a quantized DiT, its quantization and calibration sha256
+    (a quantized artifact is never taken for another calibration's, nor an unquantized one), and
+    for a torch package whose attention is FP8, that (it is never taken for a bf16-attention one)."""
     if spec.quantization is None:
         return sig
-    return {**sig, "quantization": spec.quantization, "calibration_sha256": plan.calibration_sha256}
+    quantized = {"quantization": spec.quantization, "calibration_sha256": plan.calibration_sha256}
+    if backend == "torch" and plan.fp8_attention:
+        quantized["fp8_attention"] = True
+    return {**sig, **quantized}
 
 
 def reuse_sources(out: Path, others: tuple[Path, ...]) -> list[Source]:

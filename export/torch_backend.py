@@ -14,6 +14,7 @@ model parses its device string); build there with `CXX=/usr/bin/g++`, the system
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from export.onnx_export import TREESPEC_WARNING
 from presto_common.errors import BackendUnavailable, EngineBuildError
 from runtime.manifest import TensorInfo
-from runtime.torch_engine import signature_metadata
+from runtime.torch_engine import META_CUSTOM_OPS, signature_metadata
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def compile_package(
         metadata = {
             **config.get("aot_inductor.metadata", {}),
             **signature_metadata(inputs, outputs),
+            **_custom_ops_metadata(exported),
         }
         config["aot_inductor.metadata"] = metadata
         export_s = time.perf_counter() - start
@@ -142,6 +144,21 @@ def compile_package(
 
 
 # --- checks and helpers ---------------------------------------------------------------------------
+
+
+def _custom_ops_metadata(exported: torch.export.ExportedProgram) -> dict[str, str]:
+    """{META_CUSTOM_OPS: JSON list} of the project's ops ("presto::...") the graph calls, so that
+    the runtime registers them before loading the package; {} when it calls none."""
+    ops = sorted(
+        {
+            node.target.name()
+            for node in exported.graph.nodes
+            if node.op == "call_function"
+            and isinstance(node.target, torch._ops.OpOverload)
+            and node.target.namespace == "presto"
+        }
+    )
+    return {META_CUSTOM_OPS: json.dumps(ops)} if ops else {}
 
 
 def _check_device(device: str) -> torch.device:

@@ -77,6 +77,8 @@ def rebuild_command(
     if source.get("quantization"):
         argv += ["--quantization", source["quantization"]]
         argv += ["--calibration", source.get("calibration") or "CALIBRATION_DIR"]
+    if source.get("fp8_attention"):
+        argv += ["--fp8-attention"]
     if source.get("verify") is False:
         argv += ["--no-verify"]
     argv += ["--out", str(folder)]

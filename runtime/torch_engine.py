@@ -12,6 +12,7 @@ packages for one compute capability): a CUDA package loads on a GPU of that capa
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import threading
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 # export writes and the engine reads; JSON lists of {"name", "dtype", "shape"}.
 META_INPUTS = "presto.inputs"
 META_OUTPUTS = "presto.outputs"
+# A JSON list of the project's own ops ("presto::...") the graph calls, when it calls any, and the
+# module that registers each: imported before such a package loads (its calls resolve by name).
+META_CUSTOM_OPS = "presto.custom_ops"
+CUSTOM_OP_MODULES = {"presto::attention_fp8": "runtime.fp8_attention"}
 # AOTInductor's own keys: "cpu" or "cuda", and major * 10 + minor of the GPU it was compiled on.
 META_DEVICE = "AOTI_DEVICE_KEY"
 META_CAPABILITY = "AOTI_COMPUTE_CAPABILITY"
@@ -127,6 +132,21 @@ def _resolve_device(path: Path, metadata: dict[str, str], device: str | None) ->
     return torch.device("cuda", index)
 
 
+def register_custom_ops(path: Path, metadata: dict[str, str], device: torch.device) -> list[str]:
+    """Import the module of each custom op the package calls (META_CUSTOM_OPS) and let it check
+    `device` (FP8 attention on CUDA needs cudnn-frontend: BackendUnavailable with the pip line);
+    the ops' names. ArtifactError for an op this runtime does not provide."""
+    ops = json.loads(metadata.get(META_CUSTOM_OPS, "[]"))
+    for op in ops:
+        if op not in CUSTOM_OP_MODULES:
+            raise ArtifactError(
+                f"{path} calls the custom op {op}, which this runtime does not provide (it has "
+                f"{', '.join(sorted(CUSTOM_OP_MODULES))}); update presto-trt, or {REBUILD}"
+            )
+        importlib.import_module(CUSTOM_OP_MODULES[op]).check_device(device)
+    return ops
+
+
 # --- engine ---------------------------------------------------------------------------------------
 
 
@@ -159,6 +179,7 @@ class TorchEngine:
         self.device = _resolve_device(self.path, self.metadata, device)
         self._dtypes = tuple(_torch_dtype(self.path, i.dtype) for i in self.inputs)
         self._lock = threading.Lock() if run_single_threaded else None
+        self.custom_ops = register_custom_ops(self.path, self.metadata, self.device)
 
         # The C++ loader that torch._inductor.aoti_load_package wraps, called directly: the Python
         # wrapper imports Inductor and Triton and compiles a CPU-ISA probe with the host C++

@@ -15,7 +15,7 @@ import torch
 
 from export.build import main as build_main
 from export.plan import plan_build
-from presto_common.errors import ArtifactError, ConfigError
+from presto_common.errors import ArtifactError, BackendUnavailable, ConfigError
 from presto_ref.presets import get_preset
 
 TINY = get_preset("tiny")
@@ -81,4 +81,43 @@ def test_the_command_line_names_the_missing_flag(capsys, tmp_path):
     assert build_main([*argv, "--out", str(tmp_path / "b"), "-q"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--quantization int8 needs --calibration DIR" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_fp8_attention_is_refused_where_it_cannot_be_built(
+    calibrations, tmp_path, monkeypatch, capsys
+):
+    """--fp8-attention: fp8 only, torch packages only, a calibration with attention ranges, and
+    cudnn-frontend where the packages are compiled for CUDA."""
+    fp8 = {"quantization": "fp8", "calibration": calibrations["fp8"], "fp8_attention": True}
+    int8 = {**fp8, "quantization": "int8", "calibration": calibrations["int8"]}
+    with pytest.raises(ConfigError, match="--fp8-attention with --quantization int8: .* add "):
+        plan_build(TINY, backends=("torch",), **int8)
+    with pytest.raises(ConfigError, match="--fp8-attention with --backends onnx: only the torch"):
+        plan_build(TINY, backends=("onnx",), **fp8)
+    old = tmp_path / "old"  # a calibration from before the attention ranges were recorded
+    shutil.copytree(calibrations["fp8"], old)
+    summary = json.loads((old / "calibration.json").read_text())
+    for entry in summary["budgets"].values():
+        entry["attention"] = {}
+    (old / "calibration.json").write_text(json.dumps(summary))
+    with pytest.raises(ArtifactError, match="no attention ranges for budget 0 .*calibrate again"):
+        plan_build(TINY, backends=("torch",), **{**fp8, "calibration": old})
+    plan = plan_build(TINY, backends=("onnx", "torch"), **fp8)
+    assert plan.fp8_attention and not plan_build(TINY, backends=("torch",)).fp8_attention
+
+    import runtime.fp8_attention as op
+
+    def missing():
+        raise BackendUnavailable(f"no cudnn-frontend here; {op.CUDNN_FRONTEND_PIP}")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _=None: (9, 0))
+    monkeypatch.setattr(op, "import_cudnn_frontend", missing)
+    with pytest.raises(BackendUnavailable, match="pip install nvidia-cudnn-frontend"):
+        plan_build(TINY, backends=("torch",), device="cuda", **fp8)
+    argv = ["--preset", "tiny", "--backends", "torch", "--fp8-attention"]
+    assert build_main([*argv, "--out", str(tmp_path / "b"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "--fp8-attention without --quantization: FP8 attention" in err
     assert not (tmp_path / "b").exists()

@@ -26,7 +26,7 @@ from export import build_folder
 from export.builders import QDQ_PARITY_BOUND
 from export.plan import plan_build
 from export.reuse import artifact_key, reusable, signature, spec_signature
-from presto_common.errors import EngineBuildError
+from presto_common.errors import ArtifactError, EngineBuildError
 from presto_ref.dit import blocks_for_budget
 from presto_ref.presets import get_preset
 from runtime.manifest import Manifest
@@ -116,7 +116,7 @@ def test_quantized_and_unquantized_artifacts_are_never_taken_for_each_other(
     int8_dit = dataclasses.replace(fp32_dit, quantization="int8", precision="fp32")
     int8_plan = dataclasses.replace(plan, calibration_sha256=int8.artifacts[1].calibration_sha256)
     other_plan = dataclasses.replace(plan, calibration_sha256="0" * 64)
-    int8_sig = spec_signature(sig, int8_dit, int8_plan)
+    int8_sig = spec_signature(sig, int8_dit, int8_plan, "onnx")
     sources = [(int8, folder), (Manifest.load(tiny_onnx_build), tiny_onnx_build)]
     # The int8 DiT is found under its own key and signature; fp32 finds the fp32 one.
     found = reusable(sources, artifact_key(int8_dit, "onnx"), int8_sig)
@@ -125,7 +125,7 @@ def test_quantized_and_unquantized_artifacts_are_never_taken_for_each_other(
     assert found is not None and found[0].quantization is None and found[1] == tiny_onnx_build
     # Nothing is found for another calibration, nor for an unquantized key with a quantized build
     # as the only source.
-    other_sig = spec_signature(sig, int8_dit, other_plan)
+    other_sig = spec_signature(sig, int8_dit, other_plan, "onnx")
     assert reusable(sources, artifact_key(int8_dit, "onnx"), other_sig) is None
     assert reusable(sources[:1], artifact_key(fp32_dit, "onnx"), sig) is None
 
@@ -134,8 +134,12 @@ def test_rebuild_command_repeats_the_quantization(quantized_builds, calibrations
     from runtime.hints import rebuild_command
 
     folder, _ = quantized_builds["fp8"]
-    command = rebuild_command(Manifest.load(folder), folder)
+    manifest = Manifest.load(folder)
+    command = rebuild_command(manifest, folder)
     assert f"--quantization fp8 --calibration {calibrations['fp8'].absolute()}" in command
+    assert "--fp8-attention" not in command
+    manifest.build_env["source"]["fp8_attention"] = True  # as a --fp8-attention build records
+    assert rebuild_command(manifest, folder).endswith(f"--fp8-attention --out {folder}")
 
 
 # --- the runtime on the quantized build (ORT CPU) -------------------------------------------------
@@ -366,3 +370,65 @@ def test_rtx_builds_the_bf16_qdq_graphs(bf16_qdq, calibrations, trt_build, tmp_p
     (engine,) = manifest.find("dit", "tensorrt")
     assert (engine.precision, engine.quantization) == ("bf16", q)
     assert engine.build["compute_capabilities"] == [target]
+
+
+def test_torch_builder_compiles_fp8_attention_that_the_runtime_loads(
+    calibrations, tiny_model, tmp_path
+):
+    """`--fp8-attention`: the FP8 DiT package calls presto::attention_fp8 once per quantized
+    block, says so in its metadata, and a process that imports only `runtime` registers the op
+    from that metadata, loads the package and computes what the eager module does."""
+    import subprocess
+    import sys
+
+    from export.builders import BuildContext, build_torch, quantized_torch_module
+    from export.quant_scales import load_calibration
+    from export.spec import make_specs
+    from export.verify import compare
+    from runtime.torch_engine import META_CUSTOM_OPS, read_package_metadata
+
+    options = {"quantization": "fp8", "calibration": calibrations["fp8"], "fp8_attention": True}
+    plan = plan_build(TINY, backends=("torch",), durations_s=(1.0,), budgets=(1,), **options)
+    calibration = load_calibration(calibrations["fp8"])
+    (spec,) = make_specs(
+        tiny_model, "fp32", (1,), plan.frames, (1,), components=("dit",), calibration=calibration
+    )
+    ctx = BuildContext(plan, tiny_model, tmp_path, None, calibration)
+    with torch.no_grad():
+        name, details = build_torch(spec, ctx)
+        module, _ = quantized_torch_module(spec, ctx)
+        inputs = spec.sample_inputs(0)
+        want = module(*inputs)  # the op's fp32 reference, eagerly
+    num_blocks = len(blocks_for_budget(TINY.dit.num_blocks, 1))
+    assert details["fp8_attention_blocks"] == num_blocks
+    path = tmp_path / name
+    metadata = read_package_metadata(path)
+    assert json.loads(metadata[META_CUSTOM_OPS]) == ["presto::attention_fp8"]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    script = (
+        "import sys, torch\n"
+        "from runtime.torch_engine import TorchEngine\n"
+        f"engine = TorchEngine({str(path)!r})\n"
+        f"(out,) = engine(*torch.load({str(tmp_path / 'inputs.pt')!r}))\n"
+        f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n"
+        "assert not {'export', 'presto_ref', 'calibration'} & set(sys.modules), 'not runtime only'\n"
+        "print(engine.custom_ops)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "presto::attention_fp8" in done.stdout
+    parity = compare(want.float().numpy(), torch.load(tmp_path / "out.pt").float().numpy())
+    # The same E4M3 roundings and the op's fp32 reference as the eager module, in Inductor's
+    # kernels: measured rel L2 2.1e-7. The bound is the build's own for a quantized graph against
+    # its eager module (QDQ_PARITY_BOUND): room for a value rounded across one 8-bit step, not for
+    # a wrong scale, a missing op registration or attention to the padded keys.
+    assert parity.rel_l2 < QDQ_PARITY_BOUND, parity
+
+
+def test_a_package_calling_an_op_this_runtime_lacks_is_refused(tmp_path):
+    from runtime.torch_engine import META_CUSTOM_OPS, register_custom_ops
+
+    metadata = {META_CUSTOM_OPS: json.dumps(["presto::attention_fp4"])}
+    with pytest.raises(ArtifactError, match="custom op presto::attention_fp4, which this runtime"):
+        register_custom_ops(tmp_path / "x.pt2", metadata, torch.device("cpu"))
+    assert register_custom_ops(tmp_path / "x.pt2", {}, torch.device("cpu")) == []

@@ -69,6 +69,7 @@ def test_the_manifest_records_its_source(batch1: Path, tmp_path: Path) -> None:
         "verify": False,
         "quantization": None,
         "calibration": None,
+        "fp8_attention": False,
     }
 
 
