@@ -19,6 +19,10 @@ examples:
   python -m calibration.calibrate --preset tiny --precision int8 --duration-s 1 -o artifacts/calib
   python -m export.build --preset tiny --quantization int8 --calibration artifacts/calib \\
       --durations-s 1 --backends onnx,tensorrt --trt rtx --out artifacts/tiny-int8
+  # the FP8 DiT attending in FP8 too: torch packages on an Ada/Hopper/Blackwell GPU, with the
+  # calibration's attention ranges and nvidia-cudnn-frontend (pip install -e ".[cudnn]")
+  python -m export.build --preset presto-ls --backends torch --device cuda --precision bf16 \\
+      --quantization fp8 --calibration artifacts/calib-fp8 --fp8-attention --out artifacts/ls-fp8
   # buckets built apart (separate jobs or machines with the same GPU), then assembled by hard links;
   # builds sharing one GPU autotune under contention and come out slower (README)
   python -m export.build --backends torch --device cuda --batch-sizes 32 --out artifacts/b32
