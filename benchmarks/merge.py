@@ -45,18 +45,20 @@ SHARED = (
 SHARED_ENVIRONMENT = ("git_commit", "git_dirty", "gpu", "gpu_driver", "torch", "cuda")
 
 
+def _field(doc: dict[str, Any], key: str) -> Any:
+    """doc[key], or doc["environment"][name] for key "environment.name"."""
+    section, _, name = key.rpartition(".")
+    return (doc.get(section) or {}).get(name) if section else doc.get(key)
+
+
 def _check_agree(docs: dict[str, dict[str, Any]]) -> None:
     """ArtifactError unless every run shares the SHARED fields and environment entries."""
-    names = list(docs)
-    for key, get in [(k, lambda d, k=k: d.get(k)) for k in SHARED] + [
-        (f"environment.{k}", lambda d, k=k: (d.get("environment") or {}).get(k))
-        for k in SHARED_ENVIRONMENT
-    ]:
-        values = {name: get(doc) for name, doc in docs.items()}
+    for key in [*SHARED, *(f"environment.{k}" for k in SHARED_ENVIRONMENT)]:
+        values = {name: _field(doc, key) for name, doc in docs.items()}
         if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
             listed = ", ".join(f"{name}: {v!r}" for name, v in values.items())
             raise ArtifactError(
-                f"cannot merge {', '.join(names)}: they differ in {key} ({listed}); merge only "
+                f"cannot merge {', '.join(docs)}: they differ in {key} ({listed}); merge only "
                 f"runs of one build, one commit and the same --runs/--warmup settings"
             )
 
